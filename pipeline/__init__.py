@@ -1,0 +1,1 @@
+"""saepipe: YAML config -> cached activations -> trained SAEs -> SAEBench-style evals -> report."""

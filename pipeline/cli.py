@@ -1,0 +1,195 @@
+"""`pipeline` command line: run, plan, status, verify, run-stage.
+
+Exit codes: 0 success, 1 a stage failed, 2 the config (or a command-line argument) is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+from pipeline.artifacts import ArtifactStore
+from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.plan import Stage, build_plan, downstream, select
+from pipeline.progress import Reporter, console
+
+
+def _store(args: argparse.Namespace) -> ArtifactStore:
+    return ArtifactStore(Path(args.artifacts).resolve())
+
+
+def _load(args: argparse.Namespace) -> tuple[PipelineConfig, list[Stage]]:
+    cfg, _ = load_config(args.config)
+    return cfg, build_plan(cfg)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline.executors.stage_runner import stage_state
+
+    cfg, stages = _load(args)
+    store = _store(args)
+    table = Table(title=f"plan for {cfg.name} ({len(stages)} stages)")
+    for col in ("stage", "kind", "key", "inputs", "state"):
+        table.add_column(col)
+    for s in stages:
+        inputs = ", ".join(sorted(i.label for i in s.inputs.values()))
+        if len(inputs) > 60:
+            inputs = f"{len(s.inputs)} stages"
+        table.add_row(s.label, s.kind, s.key, inputs, stage_state(store, s))
+    console.print(table)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Artifact state per stage; for a run submitted to SLURM, also each stage's job and failure log."""
+    from pipeline.executors.slurm import jobs_path, print_status
+
+    cfg, stages = _load(args)
+    store = _store(args)
+    if not jobs_path(cfg, store).exists():
+        return cmd_plan(args)
+    print_status(cfg, stages, store)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Full sha256 check of every artifact of the plan."""
+    _, stages = _load(args)
+    store = _store(args)
+    bad = 0
+    for s in stages:
+        problems = store.problems(s.kind, s.key, full=True)
+        if problems and problems != ["missing"]:
+            bad += 1
+            console.print(f"[red]{s.label}[/]: " + "; ".join(problems))
+    console.print(f"{len(stages) - bad} of {len(stages)} stages have no corruption" if not bad else f"{bad} corrupt")
+    return 1 if bad else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.executors.local import run_local
+
+    cfg, cfg_path = load_config(args.config)
+    if args.executor and args.executor != cfg.executor.kind:
+        cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"kind": args.executor})})
+    stages = build_plan(cfg)
+    force: set[str] = set()
+    for pattern in args.force or []:
+        try:
+            force |= select(stages, pattern)
+        except ValueError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return 2
+    store = _store(args)
+    reporter = Reporter(enabled=not args.quiet)
+    if cfg.executor.kind == "slurm":
+        from pipeline.executors.slurm import run_slurm
+
+        return run_slurm(cfg, cfg_path.resolve(), stages, store, force, reporter, dry_run=args.dry_run, wait=args.wait)
+    if args.dry_run:
+        from pipeline.executors.stage_runner import stage_state
+
+        forced = downstream(stages, force) if force else set()
+        todo = [s for s in stages if s.label in forced or stage_state(store, s) != "done"]
+        for s in todo:
+            console.print(f"would run {s.label} ({s.key})", markup=False)
+        console.print(f"{len(todo)} of {len(stages)} stages would run (dry run: nothing computed)")
+        return 0
+    outcomes = run_local(cfg, stages, store, force, reporter)
+    table = Table(title=f"{cfg.name}: summary")
+    for col in ("stage", "key", "status", "seconds"):
+        table.add_column(col)
+    for o in outcomes:
+        style = {"failed": "red", "skipped": "yellow", "ran": "green"}.get(o.status, "")
+        table.add_row(o.stage.label, o.stage.key, f"[{style}]{o.status}[/]" if style else o.status, f"{o.seconds:.1f}")
+    console.print(table)
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        console.print(f"[red]{o.stage.label} failed[/]\n{o.error}")
+    report = store.root / cfg.name / "report.md"
+    if report.exists() and not failed:
+        console.print(f"report: {report}")
+    return 1 if failed or any(o.status == "skipped" for o in outcomes) else 0
+
+
+def cmd_run_stage(args: argparse.Namespace) -> int:
+    """Run one stage by key (the body of a SLURM job). A stage already complete is a no-op."""
+    from pipeline.executors.stage_runner import execute, stage_state
+
+    cfg, stages = _load(args)
+    stage = next((s for s in stages if s.key == args.key), None)
+    if stage is None:
+        console.print(f"[red]error:[/] no stage with key {args.key!r} in {cfg.name}'s plan")
+        return 2
+    store = _store(args)
+    if stage_state(store, stage) == "done":
+        console.print(f"{stage.label} ({stage.key}) is already complete")
+        return 0
+    if stage_state(store, stage) == "corrupt":
+        store.quarantine(stage.kind, stage.key)
+    execute(cfg, store, stage, Reporter(enabled=not args.quiet))
+    console.print(f"{stage.label} ({stage.key}) complete")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--artifacts",
+        default=os.environ.get("SAEPIPE_ARTIFACTS", "artifacts"),
+        help="artifact root (default: ./artifacts or $SAEPIPE_ARTIFACTS)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, help_text in (
+        ("run", cmd_run, "run the whole DAG, skipping what is done and resuming what is partial"),
+        ("plan", cmd_plan, "show the DAG: each stage, its key and whether it is cached"),
+        ("status", cmd_status, "state of every stage (done / partial / corrupt / missing)"),
+        ("verify", cmd_verify, "check every artifact's files against their sha256"),
+        ("run-stage", cmd_run_stage, "run one stage by key (what a SLURM job executes)"),
+    ):
+        p = sub.add_parser(name, help=help_text, parents=[common])
+        p.add_argument("config", help="a YAML path, or a name in configs/")
+        p.set_defaults(func=func)
+        if name == "run-stage":
+            p.add_argument("key", help="the stage's key, as `pipeline plan` shows it")
+            p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name == "run":
+            p.add_argument("--force", action="append", metavar="STAGE", help="recompute STAGE (kind, label or key) and all that depends on it")
+            p.add_argument("--quiet", action="store_true", help="no progress bars")
+            p.add_argument(
+                "--executor",
+                choices=["local", "slurm"],
+                help="where to run the stages (default: the config's executor.kind)",
+            )
+            p.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="show what would run (slurm: the jobs, their resources and dependencies; writes the scripts) "
+                "and submit/compute nothing",
+            )
+            p.add_argument(
+                "--wait",
+                action="store_true",
+                help="slurm: wait for the jobs to finish and print the outcome (default: return after submitting)",
+            )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        console.print(f"[red]config error in {exc.source}[/]")
+        for problem in exc.problems:
+            console.print(f"  {problem}", markup=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

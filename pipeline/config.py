@@ -1,0 +1,235 @@
+"""The run config: one YAML file, validated by pydantic before anything is computed or written.
+
+Every model forbids unknown keys so a typo (``lr_rate:``) is an error instead of a silently ignored
+setting. ``load_config`` turns pydantic's errors into one line per problem: field path, bad value,
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.models.registry import known_n_layers
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|mid|post)$")
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Strict):
+    """Which language model to hook, and where."""
+
+    source: Literal["smollm2_gguf", "hub"]
+    name: str = Field(min_length=1)
+    hook: str
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "cpu"
+
+    @field_validator("hook")
+    @classmethod
+    def _hook_shape(cls, hook: str) -> str:
+        if not HOOK_RE.match(hook):
+            raise ValueError("must look like 'blocks.<layer>.hook_resid_post' (or _pre / _mid)")
+        return hook
+
+    @model_validator(mode="after")
+    def _layer_in_range(self) -> ModelSpec:
+        n_layers = known_n_layers(self.source, self.name)
+        layer = self.layer
+        if n_layers is not None and layer >= n_layers:
+            raise ValueError(f"hook layer {layer} does not exist: {self.name} has layers 0..{n_layers - 1}")
+        return self
+
+    @property
+    def layer(self) -> int:
+        match = HOOK_RE.match(self.hook)
+        assert match is not None
+        return int(match.group(1))
+
+
+class DataSpec(Strict):
+    """Where the text comes from. 'shipped' corpora live inside installed packages (offline)."""
+
+    source: Literal["shipped", "hf"]
+    name: str = Field(min_length=1)
+    split: str = "train"
+    text_field: str = "text"
+    context_size: PositiveInt = 128
+    prepend_bos: bool = True
+    holdout_every: Annotated[int, Field(ge=2)] = 10
+    """Every n-th document is held out for evaluation and never used to train SAEs."""
+
+    @model_validator(mode="after")
+    def _shipped_known(self) -> DataSpec:
+        from pipeline.data.corpora import SHIPPED
+
+        if self.source == "shipped" and self.name not in SHIPPED:
+            raise ValueError(f"unknown shipped corpus {self.name!r}; choose one of {sorted(SHIPPED)}")
+        return self
+
+
+class ActivationsSpec(Strict):
+    """How many activations to cache and how to cut them into shards."""
+
+    n_tokens: PositiveInt
+    contexts_per_shard: PositiveInt = 64
+    batch_size: PositiveInt = 8
+    """Contexts per forward pass."""
+    dtype: Literal["float32", "float16"] = "float32"
+    skip_bos: bool = True
+    """Do not store the BOS position: its residual norm is an outlier that SAEs waste capacity on."""
+
+
+class SAESpec(Strict):
+    """One SAE (trained once per seed)."""
+
+    name: str = Field(pattern=NAME_RE)
+    architecture: Literal["batchtopk"] = "batchtopk"
+    d_sae: PositiveInt
+    k: PositiveFloat
+    lr: PositiveFloat = 3e-4
+    batch_size: PositiveInt = 1024
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    train_tokens: PositiveInt | None = None
+    """Tokens to train on; default: every cached token once."""
+    checkpoint_every: PositiveInt = 50
+    """Steps between checkpoints (weights, optimizer, data position, RNG)."""
+    aux_loss_coefficient: Annotated[float, Field(ge=0)] = 1 / 32
+    dead_after_tokens: PositiveInt = 200_000
+    """A latent that has not fired for this many tokens counts as dead (feeds the auxiliary loss)."""
+    shuffle_shards: PositiveInt = 4
+    """Shards mixed together when shuffling; peak memory is this many shards."""
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> SAESpec:
+        if self.k >= self.d_sae:
+            raise ValueError(f"k={self.k} must be smaller than d_sae={self.d_sae}")
+        return self
+
+
+class CoreEvalSpec(Strict):
+    enabled: bool = True
+    batch_size_prompts: PositiveInt = 8
+    n_reconstruction_batches: PositiveInt = 4
+    n_sparsity_batches: PositiveInt = 4
+
+
+class EvalsSpec(Strict):
+    core: CoreEvalSpec = CoreEvalSpec()
+
+
+StageKind = Literal["activations", "train", "eval_core", "report"]
+
+
+class SlurmResources(Strict):
+    """sbatch resources for one stage kind; unset fields fall back to ``executor.slurm.defaults``."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus: Annotated[int, Field(ge=0)] | None = None
+    cpus: PositiveInt | None = None
+    mem: str | None = Field(default=None, pattern=r"^\d+[KMGT]?$")
+    time: str | None = Field(default=None, pattern=r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
+    extra: list[str] = Field(default_factory=list)
+    """Further '#SBATCH' option lines, e.g. ['--constraint=a100']."""
+
+
+class SlurmSpec(Strict):
+    defaults: SlurmResources = SlurmResources(cpus=1, mem="4G", time="04:00:00")
+    stages: dict[StageKind, SlurmResources] = Field(default_factory=dict)
+    arrays: bool = True
+    """Submit families of like stages (a sweep's SAEs, many evals) as one job array."""
+    grace_seconds: PositiveInt = 120
+    """SIGTERM this long before the time limit (pre-emption warning): training checkpoints and exits."""
+    poll_seconds: PositiveFloat = 2.0
+
+    def resources(self, kind: str) -> SlurmResources:
+        override = self.stages.get(kind)  # type: ignore[call-overload]
+        if override is None:
+            return self.defaults
+        return self.defaults.model_copy(update=override.model_dump(exclude_unset=True))
+
+
+class ExecutorSpec(Strict):
+    kind: Literal["local", "slurm"] = "local"
+    slurm: SlurmSpec = SlurmSpec()
+
+
+class PipelineConfig(Strict):
+    name: str = Field(pattern=NAME_RE)
+    model: ModelSpec
+    data: DataSpec
+    activations: ActivationsSpec
+    saes: list[SAESpec] = Field(min_length=1)
+    evals: EvalsSpec = EvalsSpec()
+    executor: ExecutorSpec = ExecutorSpec()
+
+    @field_validator("saes")
+    @classmethod
+    def _unique_names(cls, saes: list[SAESpec]) -> list[SAESpec]:
+        names = [s.name for s in saes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"SAE names must be unique; repeated: {dupes}")
+        return saes
+
+
+class ConfigError(Exception):
+    """A config problem the user must fix; ``problems`` holds one line each."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A path as given, else ``configs/NAME`` (with or without .yaml)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    for candidate in (CONFIGS_DIR / name_or_path, CONFIGS_DIR / f"{name_or_path}.yaml"):
+        if candidate.exists():
+            return candidate
+    raise ConfigError(name_or_path, [f"no such config file (looked at {path} and in {CONFIGS_DIR})"])
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"{loc}: required field is missing"
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key (value {err['input']!r}); remove it or fix its spelling"
+    return f"{loc}: bad value {err['input']!r}: {msg}"
+
+
+def parse_config(data: Any, source: str = "<config>") -> PipelineConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"the file must hold a mapping of settings, got {type(data).__name__}"])
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from None
+
+
+def load_config(name_or_path: str) -> tuple[PipelineConfig, Path]:
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}".replace("\n", " ")]) from None
+    return parse_config(data, str(path)), path

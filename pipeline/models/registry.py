@@ -1,0 +1,22 @@
+"""Facts about known models that config validation needs without loading a model (or torch)."""
+
+from __future__ import annotations
+
+# (source, name) -> (n_layers, d_model)
+KNOWN_MODELS: dict[tuple[str, str], tuple[int, int]] = {
+    ("smollm2_gguf", "SmolLM2-135M-Instruct"): (30, 576),
+    ("hub", "google/gemma-2-2b"): (26, 2304),
+    ("hub", "gemma-2-2b"): (26, 2304),
+    ("hub", "google/gemma-2-9b"): (42, 3584),
+    ("hub", "gpt2"): (12, 768),
+}
+
+
+def known_n_layers(source: str, name: str) -> int | None:
+    facts = KNOWN_MODELS.get((source, name))
+    return facts[0] if facts else None
+
+
+def known_d_model(source: str, name: str) -> int | None:
+    facts = KNOWN_MODELS.get((source, name))
+    return facts[1] if facts else None

@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny but real pipeline config (SmolLM2, layer 3, a few thousand tokens)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "model": {"source": "smollm2_gguf", "name": "SmolLM2-135M-Instruct", "hook": "blocks.3.hook_resid_post"},
+    "data": {"source": "shipped", "name": "rotten_tomatoes", "context_size": 32},
+    "activations": {"n_tokens": 6000, "contexts_per_shard": 32, "batch_size": 8},
+    "saes": [{"name": "btk", "d_sae": 256, "k": 8, "batch_size": 256, "checkpoint_every": 5, "lr": 1.0e-3}],
+    "evals": {"core": {"batch_size_prompts": 4, "n_reconstruction_batches": 2, "n_sparsity_batches": 2}},
+}
+
+
+def tiny_config(**overrides: Any) -> dict[str, Any]:
+    """A deep copy of TINY with top-level sections updated (dicts merged one level deep)."""
+    cfg = copy.deepcopy(TINY)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def write_config(folder: Path, cfg: dict[str, Any], name: str = "tiny.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_cli(*args: str, artifacts: Path, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """`pipeline ...` in a subprocess, as a user runs it."""
+    cmd = [sys.executable, "-m", "pipeline.cli", *args, "--artifacts", str(artifacts)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "COLUMNS": "200"}, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} exited {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def shared_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One artifact root for tests that may share cached stages (content keys keep them apart)."""
+    return tmp_path_factory.mktemp("shared_artifacts")

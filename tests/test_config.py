@@ -1,0 +1,108 @@
+"""Malformed configs: one clear line per problem naming the field, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.config import ConfigError, load_config, parse_config
+from tests.conftest import run_cli, tiny_config, write_config
+
+
+def problems_of(cfg: dict) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        parse_config(cfg)
+    return err.value.problems
+
+
+def test_tiny_config_is_valid() -> None:
+    cfg = parse_config(tiny_config())
+    assert cfg.model.layer == 3
+    assert cfg.saes[0].seeds == [0]
+
+
+def test_wrong_type_names_field_and_value() -> None:
+    cfg = tiny_config(activations={"n_tokens": "lots"})
+    [line] = problems_of(cfg)
+    assert line.startswith("activations.n_tokens: bad value 'lots'")
+    assert "integer" in line
+
+
+def test_unknown_key_is_an_error() -> None:
+    cfg = tiny_config()
+    cfg["saes"][0]["lr_rate"] = 0.1
+    [line] = problems_of(cfg)
+    assert line.startswith("saes.0.lr_rate: unknown key")
+
+
+def test_missing_model() -> None:
+    cfg = tiny_config()
+    del cfg["model"]
+    assert problems_of(cfg) == ["model: required field is missing"]
+
+
+def test_negative_sizes_each_reported() -> None:
+    cfg = tiny_config(activations={"n_tokens": -5, "contexts_per_shard": 0})
+    cfg["saes"][0]["d_sae"] = -1
+    lines = problems_of(cfg)
+    assert len(lines) == 3
+    assert any(line.startswith("activations.n_tokens: bad value -5: Input should be greater than 0") for line in lines)
+    assert any(line.startswith("activations.contexts_per_shard: bad value 0") for line in lines)
+    assert any(line.startswith("saes.0.d_sae: bad value -1") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("hook", "expected"),
+    [
+        ("blocks.3.attn_out", "must look like 'blocks.<layer>.hook_resid_post'"),
+        ("blocks.30.hook_resid_post", "hook layer 30 does not exist: SmolLM2-135M-Instruct has layers 0..29"),
+    ],
+)
+def test_unknown_hook(hook: str, expected: str) -> None:
+    lines = problems_of(tiny_config(model={"hook": hook}))
+    assert len(lines) == 1 and expected in lines[0]
+    assert lines[0].startswith("model")
+
+
+def test_unknown_shipped_corpus_lists_choices() -> None:
+    [line] = problems_of(tiny_config(data={"name": "imdb"}))
+    assert "unknown shipped corpus 'imdb'" in line and "rotten_tomatoes" in line
+
+
+def test_k_must_fit_in_width() -> None:
+    cfg = tiny_config()
+    cfg["saes"][0]["k"] = 999
+    [line] = problems_of(cfg)
+    assert "k=999.0 must be smaller than d_sae=256" in line
+
+
+def test_cli_exit_code_2_and_nothing_written(tmp_path: Path) -> None:
+    cfg = tiny_config(activations={"n_tokens": -1})
+    path = write_config(tmp_path, cfg)
+    artifacts = tmp_path / "artifacts"
+    proc = run_cli("run", str(path), artifacts=artifacts, check=False)
+    assert proc.returncode == 2
+    assert "activations.n_tokens: bad value -1" in proc.stderr
+    assert not artifacts.exists()
+
+
+def test_invalid_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nmodel: [unclosed\n")
+    assert main(["plan", str(path), "--artifacts", str(tmp_path / "a")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_config_found_by_name_in_configs_dir() -> None:
+    cfg, path = load_config("gemma2b_l12")
+    assert path.name == "gemma2b_l12.yaml"
+    assert cfg.model.hook == "blocks.12.hook_resid_post"
+    assert cfg.saes[0].d_sae == 16384
+
+
+def test_shipped_configs_are_valid() -> None:
+    for path in (Path(__file__).parent.parent / "configs").glob("*.yaml"):
+        parse_config(yaml.safe_load(path.read_text()), str(path))

@@ -1,0 +1,276 @@
+"""The SLURM executor against a real single-node SLURM cluster (slurm/cluster.sh) and the real tiny pipeline.
+
+No mocks: `pipeline run --executor slurm` writes sbatch scripts, submits them, and the jobs run
+`pipeline run-stage` on the local node. The tests share one artifact root (content keys keep their stages
+apart; the activations stage is computed once and reused by all of them) and use tiny SAEs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, run_cli, tiny_config, write_config
+
+from pipeline.config import load_config
+from pipeline.executors.slurm import query_jobs
+from pipeline.plan import build_plan
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+
+WEIGHTS = "sae/sae_weights.safetensors"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """Start (or find running) the local cluster; skip every SLURM test when that is impossible."""
+    try:
+        proc = subprocess.run(
+            ["bash", "slurm/cluster.sh", "start"], cwd=REPO, capture_output=True, text=True, timeout=600
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot start the local SLURM cluster: {exc}")
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        pytest.skip(f"`bash slurm/cluster.sh start` failed (exit {proc.returncode}; needs root and Debian): {tail}")
+
+
+@pytest.fixture(scope="session")
+def slurm_root(tmp_path_factory: pytest.TempPathFactory):
+    """The artifact root every SLURM test submits into; on teardown, cancel any job a test left behind."""
+    root = tmp_path_factory.mktemp("slurm_artifacts")
+    yield root
+    ids = set()
+    for jobs_file in root.glob("*/slurm/jobs.json"):
+        ids |= {rec["job_id"] for rec in json.loads(jobs_file.read_text()).values()}
+    infos = query_jobs(ids)
+    active = sorted({job_id for (job_id, _), info in infos.items() if info.active})
+    if active:
+        subprocess.run(["scancel", *active], check=False)
+
+
+def slurm_config(name: str, **overrides: Any) -> dict[str, Any]:
+    executor = {
+        "kind": "slurm",
+        "slurm": {
+            "defaults": {"cpus": 1, "mem": "3G", "time": "00:20:00"},
+            "grace_seconds": 30,
+            "poll_seconds": 0.5,
+        },
+    }
+    return tiny_config(name=name, executor=executor, **overrides)
+
+
+def sae(name: str, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "d_sae": 256, "k": 8, "batch_size": 256, "checkpoint_every": 5, "lr": 1.0e-3, **kw}
+
+
+def plan_of(cfg_path: Path) -> dict[str, Any]:
+    cfg, _ = load_config(str(cfg_path))
+    return {s.label: s for s in build_plan(cfg)}
+
+
+def jobs_of(root: Path, run: str) -> dict[str, dict[str, Any]]:
+    return json.loads((root / run / "slurm" / "jobs.json").read_text())
+
+
+def submissions_of(root: Path, run: str) -> list[dict[str, Any]]:
+    lines = (root / run / "slurm" / "submissions.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def manifest(root: Path, stage: Any) -> dict[str, Any]:
+    return json.loads((root / stage.kind / stage.key / "manifest.json").read_text())
+
+
+def scontrol(job: str) -> str:
+    return subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+
+
+def wait_until(predicate, timeout: float, what: str, poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def ensure_activations(cfg_path: Path, root: Path) -> Any:
+    """The shared activations artifact (computed in-process by `run-stage` if no earlier test made it)."""
+    acts = plan_of(cfg_path)["activations"]
+    if not (root / acts.kind / acts.key / "manifest.json").exists():
+        run_cli("run-stage", str(cfg_path), acts.key, "--quiet", artifacts=root, timeout=600)
+    return acts
+
+
+def test_dry_run_writes_scripts_and_submits_nothing(tmp_path: Path, slurm_root: Path) -> None:
+    cfg_path = write_config(tmp_path, slurm_config("tiny-dry", saes=[sae("dry", seeds=[0, 1])]))
+    out = run_cli("run", str(cfg_path), "--dry-run", artifacts=slurm_root)
+    text = out.stdout + out.stderr
+    scripts = slurm_root / "tiny-dry" / "slurm" / "scripts"
+    assert "dry run: nothing submitted" in text
+    assert "array of 2: train:dry-s0, train:dry-s1" in text
+    assert str(scripts / "train.sbatch") in text
+    train = (scripts / "train.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in train and "#SBATCH --signal=B:TERM@30" in train
+    assert "#SBATCH --cpus-per-task=1" in train and "#SBATCH --time=00:20:00" in train
+    assert re.search(r"exec \S+ -m pipeline\.cli run-stage \S+\.yaml \"\$KEY\" --artifacts \S+ --quiet", train)
+    assert not (slurm_root / "tiny-dry" / "slurm" / "jobs.json").exists()
+
+
+def test_slurm_run_matches_local_run(tmp_path: Path, slurm_root: Path, shared_artifacts: Path) -> None:
+    """The tiny pipeline through SLURM commits the same artifacts as a local run of the same config.
+
+    cpus=2 for every job: the jobs then use as many threads as the local run (torch's default here),
+    so the float results are bit-identical, not merely close.
+    """
+    cfg = slurm_config("tiny")
+    cfg["executor"]["slurm"]["defaults"]["cpus"] = 2
+    cfg_path = write_config(tmp_path, cfg)
+    run_cli("run", str(cfg_path), "--executor", "slurm", "--wait", "--quiet", artifacts=slurm_root, timeout=900)
+
+    plan = plan_of(cfg_path)
+    shown = run_cli("plan", str(cfg_path), artifacts=slurm_root).stderr
+    assert set(re.findall(r"\b[0-9a-f]{16}\b", shown)) == {s.key for s in plan.values()}
+    for s in plan.values():
+        assert (slurm_root / s.kind / s.key / "manifest.json").exists(), s.label
+    jobs = jobs_of(slurm_root, "tiny")
+    assert set(jobs) <= {s.key for s in plan.values()}
+    assert (slurm_root / "tiny" / "report.md").exists()  # published after --wait
+
+    run_cli("run", str(cfg_path), "--executor", "local", "--quiet", artifacts=shared_artifacts, timeout=900)
+    acts, train, ev = plan["activations"], plan["train:btk-s0"], plan["eval_core:btk-s0"]
+    assert manifest(slurm_root, acts)["files"] == manifest(shared_artifacts, acts)["files"]
+    assert (
+        manifest(slurm_root, train)["files"][WEIGHTS]["sha256"]
+        == manifest(shared_artifacts, train)["files"][WEIGHTS]["sha256"]
+    )
+    core = [json.loads((r / ev.kind / ev.key / "core.json").read_text()) for r in (slurm_root, shared_artifacts)]
+    assert core[0]["eval_result_metrics"] == core[1]["eval_result_metrics"]
+    summaries = [{k: v for k, v in manifest(r, ev)["summary"].items() if k != "seconds"} for r in (slurm_root, shared_artifacts)]
+    assert summaries[0] == summaries[1]
+
+
+def test_cancelled_training_resumes_from_its_checkpoint(tmp_path: Path, slurm_root: Path) -> None:
+    """scancel the training job once it has checkpointed; the re-run resubmits only train and what
+    depends on it, and training continues from the checkpoint."""
+    cfg = slurm_config(
+        "tiny-resume",
+        saes=[sae("long", train_tokens=100_000, checkpoint_every=10)],  # 390 steps
+        evals={"core": {"enabled": False}},
+    )
+    cfg_path = write_config(tmp_path, cfg)
+    plan = plan_of(cfg_path)
+    train, report = plan["train:long-s0"], plan["report"]
+    ensure_activations(cfg_path, slurm_root)
+
+    run_cli("run", str(cfg_path), "--quiet", artifacts=slurm_root)  # returns once submitted
+    first = jobs_of(slurm_root, "tiny-resume")
+    assert set(first) == {train.key, report.key}
+    train_job = first[train.key]["job_id"]
+
+    ckpts = slurm_root / "train" / ".work" / train.key / "checkpoints"
+
+    def checkpointed() -> bool:
+        if "JobState=FAILED" in scontrol(train_job):
+            raise AssertionError(Path(first[train.key]["log"]).read_text())
+        return any(ckpts.glob("ckpt-*"))
+
+    wait_until(checkpointed, 300, "the first training checkpoint", poll=0.2)
+    subprocess.run(["scancel", train_job], check=True)
+    wait_until(lambda: "JobState=CANCELLED" in scontrol(train_job), 60, "the training job to end")
+    wait_until(lambda: "DependencyNeverSatisfied" in scontrol(first[report.key]["job_id"]), 30, "report cancelled")
+    assert not (slurm_root / "train" / train.key).exists()
+    assert any(ckpts.glob("ckpt-*"))
+
+    status = run_cli("status", str(cfg_path), artifacts=slurm_root).stderr
+    assert re.search(rf"train:long-s0\s.*cancelled\s.*{train_job}", status)
+
+    run_cli("run", str(cfg_path), "--executor", "slurm", "--wait", "--quiet", artifacts=slurm_root, timeout=600)
+    second = jobs_of(slurm_root, "tiny-resume")
+    last = submissions_of(slurm_root, "tiny-resume")[-1]
+    assert sorted(k for job in last["jobs"] for k in job["keys"]) == sorted([train.key, report.key])
+    assert second[train.key]["job_id"] != train_job
+    assert second[train.key]["previous"][-1]["job_id"] == train_job
+    log = Path(second[train.key]["log"]).read_text()
+    assert "resuming from ckpt-" in log, log
+    assert manifest(slurm_root, train)["summary"]["steps"] == 390
+    assert (slurm_root / "tiny-resume" / "report.md").exists()
+
+
+def test_failed_stage_cancels_dependents_and_rerun_completes(tmp_path: Path, slurm_root: Path) -> None:
+    """A training job fails on a corrupt activation shard; its dependents are cancelled; status names it.
+
+    How the failure is made: one byte of a cached shard is flipped in place. The shard keeps its size,
+    so the activations artifact still counts as complete (that check is sizes only) and is not
+    resubmitted, but the training reader verifies each shard's sha256 and raises CorruptShardError,
+    every time, with no timing involved. Fixing the cause = restoring the byte; the re-run then
+    submits training and the report again and the DAG completes. (The shard belongs to the artifact
+    root the tests share, so it is restored in any case.)
+    """
+    # lr differs from the other tests' SAEs: a name alone does not change a stage's key
+    cfg = slurm_config("tiny-fail", saes=[sae("fragile", lr=2e-3)], evals={"core": {"enabled": False}})
+    cfg_path = write_config(tmp_path, cfg)
+    plan = plan_of(cfg_path)
+    train, report = plan["train:fragile-s0"], plan["report"]
+    acts = ensure_activations(cfg_path, slurm_root)
+    shard = sorted((slurm_root / acts.kind / acts.key).rglob("shard-*.parquet"))[0]
+    original = shard.read_bytes()
+    broken = bytearray(original)
+    broken[len(broken) // 2] ^= 0xFF
+    try:
+        shard.write_bytes(bytes(broken))
+        out = run_cli("run", str(cfg_path), "--wait", "--quiet", artifacts=slurm_root, check=False, timeout=600)
+        assert out.returncode == 1, out.stderr
+        jobs = jobs_of(slurm_root, "tiny-fail")
+        train_job, train_log = jobs[train.key]["job_id"], jobs[train.key]["log"]
+        assert "JobState=FAILED" in scontrol(train_job)
+        report_info = scontrol(jobs[report.key]["job_id"])
+        assert "JobState=CANCELLED" in report_info and "Reason=DependencyNeverSatisfied" in report_info
+
+        status = run_cli("status", str(cfg_path), artifacts=slurm_root).stderr
+        failed_line = next(line for line in status.splitlines() if line.startswith("FAILED train:fragile-s0"))
+        assert f"job {train_job} " in failed_line and f"log: {train_log}" in failed_line
+        assert "CorruptShardError" in status
+        assert "CorruptShardError" in Path(train_log).read_text()
+        assert re.search(r"CANCELLED report .*an input failed", status)
+    finally:
+        shard.write_bytes(original)
+
+    run_cli("run", str(cfg_path), "--wait", "--quiet", artifacts=slurm_root, timeout=600)
+    again = jobs_of(slurm_root, "tiny-fail")
+    assert again[train.key]["job_id"] != train_job
+    assert acts.key not in again  # the activations were never resubmitted
+    status = run_cli("status", str(cfg_path), artifacts=slurm_root).stderr
+    assert "FAILED" not in status and f"{len(plan)} done" in status
+
+
+def test_sweep_goes_out_as_job_arrays(tmp_path: Path, slurm_root: Path) -> None:
+    """Three seeds of one SAE spec: one array for the trains, one for the evals, then the report."""
+    cfg_path = write_config(tmp_path, slurm_config("tiny-sweep", saes=[sae("sweep", d_sae=128, seeds=[0, 1, 2])]))
+    plan = plan_of(cfg_path)
+    ensure_activations(cfg_path, slurm_root)
+    run_cli("run", str(cfg_path), "--wait", "--quiet", artifacts=slurm_root, timeout=900)
+
+    jobs = jobs_of(slurm_root, "tiny-sweep")
+    for kind in ("train", "eval_core"):
+        records = [jobs[s.key] for s in plan.values() if s.kind == kind]
+        assert len(records) == 3
+        assert len({r["job_id"] for r in records}) == 1, records
+        assert sorted(r["array_task"] for r in records) == [0, 1, 2]
+        array_id = records[0]["job_id"]
+        tasks = [ln for ln in scontrol(array_id).splitlines() if f"ArrayJobId={array_id} " in ln]
+        assert len(tasks) == 3 and all("JobState=COMPLETED" in t for t in tasks), tasks
+    train_array = jobs[plan["train:sweep-s0"].key]["job_id"]
+    assert jobs[plan["eval_core:sweep-s0"].key]["dependency"] == train_array  # afterok on the whole array
+    for s in plan.values():
+        assert (slurm_root / s.kind / s.key / "manifest.json").exists(), s.label
+    summary = json.loads((slurm_root / "tiny-sweep" / "summary.json").read_text())
+    assert sorted(row["seed"] for row in summary["saes"]) == [0, 1, 2]
+    assert all("ce_loss_score" in row for row in summary["saes"])
