@@ -133,6 +133,10 @@ def cmd_run_stage(args: argparse.Namespace) -> int:
         store.quarantine(stage.kind, stage.key)
     execute(cfg, store, stage, Reporter(enabled=not args.quiet))
     console.print(f"{stage.label} ({stage.key}) complete")
+    if stage.kind == "report":
+        from pipeline.executors.local import publish_report
+
+        console.print(f"report: {publish_report(cfg, stages, store)}")
     return 0
 
 

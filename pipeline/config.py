@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.models.registry import known_n_layers
+from pipeline.recipes.spec import RecipeSpec
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|mid|post)$")
@@ -93,12 +94,15 @@ class ActivationsSpec(Strict):
 
 
 class SAESpec(Strict):
-    """One SAE (trained once per seed)."""
+    """One SAE (trained once per seed): a recipe, a width, a sparsity and an optimiser setting."""
 
     name: str = Field(pattern=NAME_RE)
-    architecture: Literal["batchtopk"] = "batchtopk"
+    trainer: Literal["saepipe", "sae_lens"] = "saepipe"
+    """'saepipe': our sparse-decoder trainer with every recipe piece; 'sae_lens': sae-lens's own
+    BatchTopKTrainingSAE (plain BatchTopK only), the reference implementation."""
+    recipe: RecipeSpec = RecipeSpec()
     d_sae: PositiveInt
-    k: PositiveFloat
+    k: PositiveInt
     lr: PositiveFloat = 3e-4
     batch_size: PositiveInt = 1024
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -106,17 +110,29 @@ class SAESpec(Strict):
     """Tokens to train on; default: every cached token once."""
     checkpoint_every: PositiveInt = 50
     """Steps between checkpoints (weights, optimizer, data position, RNG)."""
-    aux_loss_coefficient: Annotated[float, Field(ge=0)] = 1 / 32
     dead_after_tokens: PositiveInt = 200_000
     """A latent that has not fired for this many tokens counts as dead (feeds the auxiliary loss)."""
     shuffle_shards: PositiveInt = 4
     """Shards mixed together when shuffling; peak memory is this many shards."""
 
     @model_validator(mode="after")
-    def _k_fits(self) -> SAESpec:
+    def _consistent(self) -> SAESpec:
         if self.k >= self.d_sae:
             raise ValueError(f"k={self.k} must be smaller than d_sae={self.d_sae}")
+        r = self.recipe
+        if r.matryoshka is not None and r.matryoshka.levels[-1] != self.d_sae:
+            raise ValueError(f"recipe.matryoshka.levels must end at d_sae={self.d_sae}, got {list(r.matryoshka.levels)}")
+        extras = [p for p in ("matryoshka", "lista", "k_anneal", "term", "orthogonality", "loo") if getattr(r, p) is not None]
+        if self.trainer == "sae_lens" and (r.activation != "batchtopk" or extras):
+            raise ValueError(
+                f"trainer 'sae_lens' trains plain BatchTopK only (got activation {r.activation!r}, pieces {extras}); "
+                "use trainer: saepipe"
+            )
         return self
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two specs train the same SAE (everything but the name and the seeds)."""
+        return self.model_dump(exclude={"name", "seeds"})
 
 
 class CoreEvalSpec(Strict):
@@ -179,11 +195,18 @@ class PipelineConfig(Strict):
 
     @field_validator("saes")
     @classmethod
-    def _unique_names(cls, saes: list[SAESpec]) -> list[SAESpec]:
+    def _unique(cls, saes: list[SAESpec]) -> list[SAESpec]:
         names = [s.name for s in saes]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"SAE names must be unique; repeated: {dupes}")
+        for i, a in enumerate(saes):
+            for b in saes[:i]:
+                if a.identity() == b.identity() and set(a.seeds) & set(b.seeds):
+                    raise ValueError(
+                        f"SAEs {b.name!r} and {a.name!r} have the same settings and share seeds "
+                        f"{sorted(set(a.seeds) & set(b.seeds))}: they would train the same SAE; change one or drop it"
+                    )
         return saes
 
 

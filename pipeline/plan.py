@@ -59,7 +59,7 @@ def build_plan(cfg: PipelineConfig) -> list[Stage]:
     evals: list[Stage] = []
     for sae in cfg.saes:
         for seed in sae.seeds:
-            params = {**sae.model_dump(exclude={"seeds", "name"}), "seed": seed}
+            params = {**sae.identity(), "seed": seed}
             train = Stage("train", f"train:{sae.name}-s{seed}", params, {"activations": acts})
             trains.append(train)
             if cfg.evals.core.enabled:

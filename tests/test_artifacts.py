@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ def test_corrupt_shard_detected_on_read(tmp_path: Path) -> None:
 def test_stream_is_seekable_and_covers_every_row_once_per_epoch(tmp_path: Path) -> None:
     index, rows = make_shards(tmp_path)
     stream = ShardStream(tmp_path, index, seed=3, window=2)
-    full = list(stream.batches(0, 16))
+    full = list(itertools.islice(stream.batches(0, 16), 24))  # the stream is endless: 24 batches > 1 epoch
     epoch = np.concatenate(full)[: index.total_rows]
     # every row exactly once in the first epoch
     assert sorted(map(tuple, epoch)) == sorted(map(tuple, rows))
@@ -95,3 +96,14 @@ def test_stream_is_seekable_and_covers_every_row_once_per_epoch(tmp_path: Path) 
     # a different seed gives a different order
     other = next(ShardStream(tmp_path, index, seed=4, window=2).batches(0, 16))
     assert not np.array_equal(other, full[0])
+
+
+def test_shards_open_with_hf_datasets(tmp_path: Path) -> None:
+    import datasets
+
+    index, rows = make_shards(tmp_path, n_shards=2)
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(tmp_path / "shard-*.parquet"), split="train", cache_dir=str(tmp_path / "hf")
+    )
+    assert ds.num_rows == index.total_rows
+    np.testing.assert_allclose(np.asarray(ds[0]["act"], dtype=np.float32), rows[0])

@@ -76,7 +76,7 @@ def test_k_must_fit_in_width() -> None:
     cfg = tiny_config()
     cfg["saes"][0]["k"] = 999
     [line] = problems_of(cfg)
-    assert "k=999.0 must be smaller than d_sae=256" in line
+    assert "k=999 must be smaller than d_sae=256" in line
 
 
 def test_cli_exit_code_2_and_nothing_written(tmp_path: Path) -> None:
@@ -106,3 +106,31 @@ def test_config_found_by_name_in_configs_dir() -> None:
 def test_shipped_configs_are_valid() -> None:
     for path in (Path(__file__).parent.parent / "configs").glob("*.yaml"):
         parse_config(yaml.safe_load(path.read_text()), str(path))
+
+
+def test_plan_of_the_gemma_config_works_offline(tmp_path: Path) -> None:
+    proc = run_cli("plan", "gemma2b_l12", artifacts=tmp_path / "a")
+    for label in ("activations", "train:batchtopk_16k_k64-s0", "eval_core:batchtopk_16k_k64-s0", "report"):
+        assert label in proc.stderr
+    assert proc.stderr.count("missing") == 4
+
+
+def test_recipe_pieces_need_the_saepipe_trainer() -> None:
+    cfg = tiny_config()
+    cfg["saes"][0] |= {"trainer": "sae_lens", "recipe": {"lista": {"eta": 0.3}}}
+    [line] = problems_of(cfg)
+    assert "trainer 'sae_lens' trains plain BatchTopK only" in line and "['lista']" in line
+
+
+def test_matryoshka_levels_must_end_at_d_sae() -> None:
+    cfg = tiny_config()
+    cfg["saes"][0]["recipe"] = {"matryoshka": {"levels": [32, 128]}}
+    [line] = problems_of(cfg)
+    assert "matryoshka.levels must end at d_sae=256" in line
+
+
+def test_identical_sae_specs_are_rejected() -> None:
+    cfg = tiny_config()
+    cfg["saes"].append({**cfg["saes"][0], "name": "copy"})
+    [line] = problems_of(cfg)
+    assert "'btk' and 'copy' have the same settings and share seeds [0]" in line

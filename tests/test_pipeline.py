@@ -29,8 +29,9 @@ QUIET = Reporter(enabled=False)
 def two_sae_config(lr_a: float = 1e-3) -> PipelineConfig:
     cfg = tiny_config()
     cfg["saes"] = [
-        {"name": "a", "d_sae": 256, "k": 8, "batch_size": 256, "lr": lr_a, "train_tokens": 40_000},
-        {"name": "b", "d_sae": 128, "k": 4, "batch_size": 256, "lr": 1e-3, "train_tokens": 40_000},
+        {"name": "a", "trainer": "sae_lens", "d_sae": 256, "k": 8, "batch_size": 256, "lr": lr_a, "train_tokens": 40_000},
+        {"name": "b", "d_sae": 128, "k": 8, "batch_size": 256, "lr": 1e-3, "train_tokens": 40_000,
+         "recipe": {"matryoshka": {"levels": [32, 128]}}},
     ]
     return parse_config(cfg)
 
@@ -51,7 +52,7 @@ def test_first_run_computes_everything_and_writes_report(first_run) -> None:
     store, cfg, outcomes = first_run
     assert set(statuses(outcomes).values()) == {"ran"}, statuses(outcomes)
     report = (store.root / "tiny" / "report.md").read_text()
-    assert "| a | 0 | 256 | 8 |" in report and "| b | 0 | 128 | 4 |" in report
+    assert "| a | 0 | 256 | 8 |" in report and "| b | 0 | 128 | 8 |" in report
     summary = json.loads((store.root / "tiny" / "summary.json").read_text())
     rows = {r["sae"]: r for r in summary["saes"]}
     for row in rows.values():

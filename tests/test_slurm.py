@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, run_cli, tiny_config, write_config
+from tests.conftest import REPO, run_cli, tiny_config, write_config
 
 from pipeline.config import load_config
 from pipeline.executors.slurm import query_jobs

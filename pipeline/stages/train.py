@@ -1,9 +1,9 @@
-"""Stage `train`: one BatchTopK SAE (sae-lens's classes) trained from the cached shards.
+"""Stage `train`: one SAE trained from the cached shards, streaming, checkpointed, resumable.
 
-The step mirrors sae-lens's trainer (training_forward_pass with the dead-latent mask, grad-norm clip 1.0,
-Adam), but the data comes from our streaming shard reader and the loop checkpoints everything a
-bit-for-bit resume needs. The result is saved with ``save_inference_model`` (BatchTopK becomes JumpReLU
-with the learned threshold), so ``sae_lens.SAE.load_from_disk`` opens it.
+The SAE is either our recipe trainer (``trainer: saepipe``, every recipe piece, sparse decoder) or
+sae-lens's own BatchTopK SAE (``trainer: sae_lens``, stepped as sae-lens's trainer steps it: grad-norm
+clip 1.0, Adam). The loop checkpoints everything a bit-for-bit resume needs. Either way the result is
+in the sae-lens format, so ``sae_lens.SAE.load_from_disk`` opens it.
 """
 
 from __future__ import annotations
@@ -13,39 +13,31 @@ import time
 from typing import Any
 
 import torch
-from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
-from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 
 from pipeline.data.shards import SHARD_DIR, ShardIndex
+from pipeline.recipes.spec import RecipeSpec
 from pipeline.stages.context import StageContext
 from pipeline.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from pipeline.training.preemption import Preempted, stop_on_sigterm
 from pipeline.training.stream import ShardStream
+from pipeline.training.trainables import build_trainable
 
 SAE_DIR = "sae"
 LOG_FILE = "train_log.json"
 
 
-def build_sae(ctx: StageContext, d_in: int) -> BatchTopKTrainingSAE:
-    p, cfg = ctx.stage.params, ctx.cfg
-    metadata = SAEMetadata(
-        model_name=cfg.model.name,
-        hook_name=cfg.model.hook,
-        context_size=cfg.data.context_size,
-        prepend_bos=cfg.data.prepend_bos,
-        dataset_path=f"{cfg.data.source}:{cfg.data.name}",
-        exclude_special_tokens=bool(cfg.activations.skip_bos),
-    )
-    sae_cfg = BatchTopKTrainingSAEConfig(
-        d_in=d_in,
-        d_sae=p["d_sae"],
-        k=p["k"],
-        aux_loss_coefficient=p["aux_loss_coefficient"],
-        dtype="float32",
-        device="cpu",
-        metadata=metadata,
-    )
-    return BatchTopKTrainingSAE(sae_cfg)
+def sae_metadata(ctx: StageContext) -> dict[str, Any]:
+    """What sae-lens and sae-bench need to know to run the SAE on the model."""
+    cfg = ctx.cfg
+    return {
+        "model_name": cfg.model.name,
+        "hook_name": cfg.model.hook,
+        "context_size": cfg.data.context_size,
+        "prepend_bos": cfg.data.prepend_bos,
+        "dataset_path": f"{cfg.data.source}:{cfg.data.name}",
+        "exclude_special_tokens": bool(cfg.activations.skip_bos),
+        "saepipe_stage": ctx.stage.label,
+    }
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -59,7 +51,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise ValueError(f"train_tokens ({total_rows}) is smaller than batch_size ({batch}); cache more tokens")
 
     torch.manual_seed(p["seed"])
-    sae = build_sae(ctx, index.d_in)
+    recipe = RecipeSpec.model_validate(p["recipe"])
+    trainable = build_trainable(p["trainer"], recipe, index.d_in, p["d_sae"], p["k"], p["seed"])
+    sae = trainable.module
     optimizer = torch.optim.Adam(sae.parameters(), lr=p["lr"], betas=(0.9, 0.999))
     since_fired = torch.zeros(p["d_sae"], dtype=torch.long)
     fired_count = torch.zeros(p["d_sae"], dtype=torch.long)
@@ -89,38 +83,29 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 checkpoint()
                 raise Preempted(f"{ctx.stage.label}: SIGTERM at step {step}; checkpoint saved, re-run to resume")
             x = torch.from_numpy(next(stream)).float()
-            out = sae.training_forward_pass(
-                TrainStepInput(
-                    sae_in=x,
-                    coefficients={},
-                    dead_neuron_mask=since_fired > p["dead_after_tokens"],
-                    n_training_steps=step,
-                    is_logging_step=False,
-                )
-            )
+            out = trainable.step(x, step, n_steps, since_fired > p["dead_after_tokens"])
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
             optimizer.step()
+            trainable.after_optimizer_step()
             with torch.no_grad():
-                fired = (out.feature_acts > 0).sum(0)
                 since_fired += batch
-                since_fired[fired > 0] = 0
-                fired_count += fired.long()
+                since_fired[out.fired > 0] = 0
+                fired_count += out.fired.long()
             step += 1
-            entry = {k: float(v.detach()) for k, v in out.losses.items()} | {"loss": float(out.loss.detach())}
-            log.append(entry)
-            bar.advance(batch, extra=f"mse {entry['mse_loss']:.3g}")
+            log.append(out.metrics)
+            bar.advance(batch, extra=f"mse {out.metrics['mse']:.3g}")
             if step % p["checkpoint_every"] == 0 and step < n_steps:
                 checkpoint()
 
-    sae.cfg.metadata.num_dead_features = int((since_fired > p["dead_after_tokens"]).sum())
-    sae.save_inference_model(ctx.out / SAE_DIR)
+    dead = int((since_fired > p["dead_after_tokens"]).sum())
+    trainable.save(ctx.out / SAE_DIR, sae_metadata(ctx) | {"num_dead_features": dead})
     (ctx.out / LOG_FILE).write_text(json.dumps({"steps": log, "fired_count": fired_count.tolist()}))
     return {
         "steps": n_steps,
         "tokens": n_steps * batch,
-        "final_mse": log[-1]["mse_loss"],
-        "dead_latents": sae.cfg.metadata.num_dead_features,
+        "final_mse": log[-1]["mse"],
+        "dead_latents": dead,
         "seconds_this_attempt": round(time.perf_counter() - started, 2),
     }

@@ -1,0 +1,412 @@
+"""Stage `eval_sparse_probing`: SAEBench's sparse-probing metric on sae-probes' shipped datasets.
+
+What is measured (SAEBench ``sparse_probing``, sae-bench 0.6.0, reproduced call for call):
+
+* each prompt is tokenized with SAEBench's ``tokenize_data_dictionary`` (pad/truncate to
+  ``context_size``), run to the SAE's hook with SAEBench's ``get_llm_activations`` with
+  ``mask_bos_pad_eos_tokens=True`` (BOS/EOS/pad positions zeroed), and mean-pooled over the positions
+  that were not zeroed (``create_meaned_model_activations``);
+* SAE latents are computed per token on those activations and pooled the same way
+  (``get_sae_meaned_activations``: it multiplies the latents by the token mask, so ``encode(0) != 0``
+  at masked positions cannot leak into the mean);
+* probes, in SAEBench's order and with its settings (``train_probe_on_activations``): the full-width
+  LLM probe (SAEBench's torch logistic regression, 100 epochs, lr 1e-2, batch 250), LLM top-k, the
+  full-width SAE probe, then SAE top-k. Top-k keeps the k dimensions with the largest
+  |mean(class 1) - mean(class 0)| on the training set (``get_top_k_mean_diff_mask``) and fits sklearn's
+  L2 logistic regression (max_iter 1000) on them. As in SAEBench each class is probed one-vs-rest and
+  a dataset's accuracy is the mean over its classes; for these binary datasets that is the same
+  split probed twice with the labels mirrored.
+
+Data: sae-probes' binary datasets shipped inside the ``sae-probes`` wheel
+(``sae_probes/data/cleaned_data/*.csv.zst``), read offline with sae-probes' own readers; train and test
+are drawn disjoint and class-balanced with sae-probes' ``get_train_test_indices`` (from the first 5000
+rows, sae-probes' ``MAX_AMT``). These are not SAEBench's default sparse-probing datasets (bias_in_bios,
+amazon, ag_news, ... from the HF hub); the JSON says so in ``eval_result_unstructured``.
+
+Memory: activations are pooled batch by batch, so only the pooled [n, d_model] and [n, d_sae] matrices
+are ever held, never [n, context, d]. Nothing big is persisted: the artifact is one JSON file.
+
+Known SAEBench conventions kept on purpose (see the module's tests):
+
+* a token counts as masked when its activation vector sums to exactly 0 (SAEBench's pooling marks
+  masked tokens by zeroing them, then counts the non-zero rows);
+* the full-width probes (``llm_test_accuracy``, ``sae_test_accuracy``) report the best test accuracy
+  over training epochs (SAEBench's ``train_probe_gpu`` early-stops on the test set), so they are
+  optimistic. An sklearn full-width LLM probe with no test-set selection is also recorded, as
+  ``llm_sklearn_test_accuracy`` in ``eval_result_unstructured``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+import torch
+from sae_bench.evals.sparse_probing import probe_training
+from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+from sae_bench.evals.sparse_probing.eval_output import (
+    SparseProbingEvalOutput,
+    SparseProbingLlmMetrics,
+    SparseProbingMetricCategories,
+    SparseProbingResultDetail,
+    SparseProbingSaeMetrics,
+)
+from sae_bench.sae_bench_utils import activation_collection, dataset_utils, general_utils
+
+from evals.core import load_trained_sae
+from pipeline.models.cache import get_model
+from pipeline.stages.context import StageContext
+
+RESULT_FILE = "sparse_probing.json"
+MAX_ROWS = 5000
+"""sae-probes reads at most this many rows of a dataset before sampling (``MAX_AMT``)."""
+SCHEMA_K_VALUES = (1, 2, 5, 10, 20, 50, 100)
+"""The k values SAEBench's output schema has fields for (``sae_top_{k}_test_accuracy``)."""
+DATA_SOURCE = (
+    "sae-probes {version} binary probing datasets, shipped in the wheel "
+    "(sae_probes/data/cleaned_data/*.csv.zst; index probing_datasets_MASTER.csv.zst)"
+)
+EXAMPLE_DATASETS = ("96_spam_is", "139_news_class_Politics", "113_movie_sent", "92_glue_sst2", "5_hist_fig_ismale")
+# SAEBench's settings for the full-width probes (sparse_probing/main.py::run_eval_single_dataset).
+FULL_PROBE = {"use_sklearn": False, "batch_size": 250, "epochs": 100, "lr": 1e-2}
+
+
+@dataclass(frozen=True)
+class SparseProbingParams:
+    datasets: list[str]
+    n_train: int = 400
+    """Training prompts per dataset, both classes together (SAEBench's probe_train_set_size)."""
+    n_test: int = 200
+    k_values: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])
+    context_size: int = 128
+    batch_size: int = 8
+    """Prompts per forward pass (SAEBench's llm_batch_size)."""
+    seed: int = 42
+    sae_batch_size: int = 125
+    """Only recorded in the eval config: latents are computed per LLM batch."""
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SparseProbingParams:
+        known = set(cls.__dataclass_fields__)
+        raw = {k: v for k, v in raw.items() if k != "enabled"}  # a config section's on/off switch
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"evals.sparse_probing: unknown keys {unknown}; known keys are {sorted(known)}")
+        if "datasets" not in raw or not raw["datasets"]:
+            raise ValueError("evals.sparse_probing.datasets: give at least one sae-probes dataset name")
+        p = cls(**raw)
+        for name in ("n_train", "n_test"):
+            n = getattr(p, name)
+            if n < 4 or n % 2:
+                raise ValueError(
+                    f"evals.sparse_probing.{name}={n}: must be an even number >= 4 (classes are balanced, n/2 each)"
+                )
+        for name in ("context_size", "batch_size", "sae_batch_size"):
+            if getattr(p, name) < 1:
+                raise ValueError(f"evals.sparse_probing.{name} must be positive")
+        bad_k = [k for k in p.k_values if k not in SCHEMA_K_VALUES]
+        if bad_k or not p.k_values:
+            raise ValueError(
+                f"evals.sparse_probing.k_values={p.k_values}: each k must be one of {list(SCHEMA_K_VALUES)} "
+                "(the k values SAEBench's sparse_probing JSON schema has fields for)"
+            )
+        if len(set(p.k_values)) != len(p.k_values):
+            raise ValueError(f"evals.sparse_probing.k_values={p.k_values}: repeated values")
+        return p
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def available_datasets() -> list[str]:
+    """sae-probes' binary dataset names ('{number}_{tag}'), as its runners spell them."""
+    from sae_probes.utils_data import get_numbered_binary_tags
+
+    return get_numbered_binary_tags()
+
+
+def check_dataset_names(names: list[str]) -> None:
+    valid = available_datasets()
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        from sae_probes.constants import DATA_PATH
+
+        raise ValueError(
+            f"evals.sparse_probing.datasets: unknown sae-probes dataset(s) {unknown}. Valid names look like "
+            f"{', '.join(EXAMPLE_DATASETS)}; the full list "
+            f"({len(valid)} binary datasets) is the 'Dataset save name' column of "
+            f"{DATA_PATH.parent / 'probing_datasets_MASTER.csv.zst'} (binary rows), or "
+            "sae_probes.utils_data.get_numbered_binary_tags()"
+        )
+
+
+def load_split(name: str, n_train: int, n_test: int, seed: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Balanced, disjoint train/test prompts of one sae-probes dataset, as SAEBench's class dicts
+    ``{"1": [...], "0": [...]}`` (label 1 is the class sae-probes' LabelEncoder maps to 1)."""
+    from sae_probes.utils_data import get_train_test_indices, get_yvals, read_numbered_dataset_df
+
+    df = read_numbered_dataset_df(name)
+    prompts = df["prompt"].to_numpy()[:MAX_ROWS]
+    y = np.asarray(get_yvals(name))[:MAX_ROWS]
+    # An empty prompt is read as NaN and would pool to 0/0: drop it by marking its label unusable.
+    usable = np.array([isinstance(p, str) and p.strip() != "" for p in prompts])
+    y = np.where(usable, y, -1)
+    counts = {c: int((y == c).sum()) for c in (0, 1)}
+    if set(np.unique(y[usable]).tolist()) != {0, 1}:
+        raise ValueError(f"{name}: expected a binary target, got classes {sorted(np.unique(y[usable]).tolist())}")
+    need = (n_train + n_test) // 2
+    if min(counts.values()) < need:
+        raise ValueError(
+            f"{name}: needs {need} prompts per class for n_train={n_train} + n_test={n_test}, "
+            f"has {counts} (of its first {MAX_ROWS} rows); lower n_train/n_test"
+        )
+    train_idx, test_idx = get_train_test_indices(y, n_train, n_test, pos_ratio=0.5, seed=seed)
+
+    def by_class(idx: np.ndarray) -> dict[str, list[str]]:
+        return {str(c): [str(prompts[i]) for i in idx if y[i] == c] for c in (1, 0)}
+
+    return by_class(train_idx), by_class(test_idx)
+
+
+# --- activations and pooling ------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def pool_llm_and_sae(acts_BLD: torch.Tensor, sae: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over unmasked tokens of the LLM activations and of the SAE latents, by SAEBench's functions
+    (``create_meaned_model_activations``, ``get_sae_meaned_activations``). ``acts_BLD`` must have its
+    masked tokens zeroed, as ``get_llm_activations(mask_bos_pad_eos_tokens=True)`` returns them."""
+    llm_BD = activation_collection.create_meaned_model_activations({"x": acts_BLD})["x"]
+    sae_BF = activation_collection.get_sae_meaned_activations({"x": acts_BLD}, sae, max(1, len(acts_BLD)))["x"]
+    empty = ~torch.isfinite(llm_BD).all(dim=1)  # 0 unmasked tokens: SAEBench's mean is 0/0
+    if empty.any():
+        rows = torch.nonzero(empty).flatten().tolist()
+        raise ValueError(f"rows {rows} have no token left after masking BOS/EOS/pad; nothing to pool")
+    return llm_BD, sae_BF
+
+
+def tokenize(split: dict[str, list[str]], tokenizer: Any, context_size: int, device: str) -> dict[str, dict]:
+    """SAEBench's ``tokenize_data_dictionary`` (pad/truncate to ``context_size``), without its tqdm line."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        return dataset_utils.tokenize_data_dictionary(split, tokenizer, context_size, device)
+
+
+@torch.no_grad()
+def pooled_activations(
+    tokenized: dict[str, dict[str, torch.Tensor]],
+    model: Any,
+    sae: Any,
+    layer: int,
+    hook: str,
+    batch_size: int,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per class: pooled LLM activations [n, d_model] and pooled SAE latents [n, d_sae]. SAEBench runs
+    ``get_all_llm_activations`` over a whole class and then pools; we pool each LLM batch as it comes
+    (the same per-row arithmetic), so [n, context, d] is never held."""
+    llm: dict[str, torch.Tensor] = {}
+    sae_out: dict[str, torch.Tensor] = {}
+    for cls, enc in tokenized.items():
+        tokens = enc["input_ids"]
+        llm_parts, sae_parts = [], []
+        for i in range(0, len(tokens), batch_size):
+            acts = activation_collection.get_llm_activations(
+                tokens[i : i + batch_size], model, batch_size, layer, hook,
+                mask_bos_pad_eos_tokens=True, show_progress=False,
+            )  # fmt: skip
+            llm_BD, sae_BF = pool_llm_and_sae(acts, sae)
+            llm_parts.append(llm_BD)
+            sae_parts.append(sae_BF)
+        llm[cls] = torch.cat(llm_parts)
+        sae_out[cls] = torch.cat(sae_parts)
+    return llm, sae_out
+
+
+# --- probing ------------------------------------------------------------------------------------------
+
+
+def top_k_latents(acts_BD: torch.Tensor, labels_B: torch.Tensor, k: int) -> list[int]:
+    """SAEBench's k-sparse selection: the k dimensions with the largest |mean(pos) - mean(neg)|."""
+    mask_D = probe_training.get_top_k_mean_diff_mask(acts_BD, labels_B.to(torch.int), k)
+    return torch.nonzero(~mask_D).flatten().tolist()
+
+
+def _quiet(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """sae-bench's probe trainers print every epoch / accuracy, and sklearn warns about its own
+    deprecations and convergence; keep the progress display readable."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        return fn(*args, **kwargs)
+
+
+def train_probes(
+    train: dict[str, torch.Tensor],
+    test: dict[str, torch.Tensor],
+    select_top_k: int | None = None,
+    use_sklearn: bool = True,
+    batch_size: int = 16,
+    epochs: int = 5,
+    lr: float = 1e-3,
+) -> dict[str, float]:
+    """SAEBench's ``train_probe_on_activations`` (perform_scr=False, no l1), restated as the same calls
+    to its building blocks in the same order, so it draws the same random numbers.
+
+    Why not call it: in sae-bench 0.6.0 it is ``@jaxtyped`` and calls the ``@beartype`` ``train_sklearn_probe``
+    with the 2n-row combined data, while its own memo has bound ``train_dataset_size`` to the n rows of
+    one class; with jaxtyping 0.3 that raises ``BeartypeCallHintParamViolation`` on every sklearn probe
+    (every top-k probe). Calling the building blocks one by one, each gets its own memo."""
+    accs: dict[str, float] = {}
+    with torch.enable_grad():  # SAEBench sets grad mode on globally here; scope it instead
+        for cls in train:
+            x_tr, y_tr = probe_training.prepare_probe_data(train, cls, False)
+            x_te, y_te = probe_training.prepare_probe_data(test, cls, False)
+            if select_top_k is not None:
+                mask_D = probe_training.get_top_k_mean_diff_mask(x_tr, y_tr, select_top_k)
+                x_tr = probe_training.apply_topk_mask_reduce_dim(x_tr, mask_D)
+                x_te = probe_training.apply_topk_mask_reduce_dim(x_te, mask_D)
+            if use_sklearn:
+                _, acc = _quiet(probe_training.train_sklearn_probe, x_tr, y_tr, x_te, y_te, verbose=False)
+            else:
+                _, acc = _quiet(
+                    probe_training.train_probe_gpu, x_tr, y_tr, x_te, y_te,
+                    dim=x_tr.shape[1], batch_size=batch_size, epochs=epochs, lr=lr, verbose=False,
+                    early_stopping_patience=10, l1_penalty=None,
+                )  # fmt: skip
+            accs[cls] = float(acc)
+    return accs
+
+
+def probe_dataset(
+    llm_train: dict[str, torch.Tensor],
+    llm_test: dict[str, torch.Tensor],
+    sae_train: dict[str, torch.Tensor],
+    sae_test: dict[str, torch.Tensor],
+    k_values: list[int],
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """SAEBench's probe sequence (``run_eval_single_dataset``): same probes, same order, so from the same
+    torch seed the same random draws. Returns (metric -> mean over classes, metric -> class -> acc),
+    keys in SAEBench's order."""
+    per_class: dict[str, dict[str, float]] = {}
+    llm: dict[str, dict[str, float]] = {"llm_test_accuracy": train_probes(llm_train, llm_test, None, **FULL_PROBE)}
+    for k in k_values:
+        llm[f"llm_top_{k}_test_accuracy"] = train_probes(llm_train, llm_test, select_top_k=k)
+    per_class["sae_test_accuracy"] = train_probes(sae_train, sae_test, None, **FULL_PROBE)
+    per_class.update(llm)
+    for k in k_values:
+        per_class[f"sae_top_{k}_test_accuracy"] = train_probes(sae_train, sae_test, select_top_k=k)
+    means = {key: sum(accs.values()) / len(accs) for key, accs in per_class.items()}
+    return means, per_class
+
+
+def sklearn_full_probe(train: dict[str, torch.Tensor], test: dict[str, torch.Tensor]) -> float:
+    """Full-width sklearn logistic regression (SAEBench's ``train_sklearn_probe``, as its top-k probes
+    use) on every dimension: test accuracy at the end of fitting, with no test-set early stopping.
+    Mean over the classes, like every other number here."""
+    accs = train_probes(train, test)
+    return sum(accs.values()) / len(accs)
+
+
+def selected_latents(train: dict[str, torch.Tensor], k_values: list[int]) -> dict[str, list[int]]:
+    """The SAE latents picked for each k (positive class '1'; class '0' picks the same ones, since the
+    score is an absolute mean difference)."""
+    acts = torch.cat([train["1"], train["0"]])
+    labels = torch.cat([torch.ones(len(train["1"])), torch.zeros(len(train["0"]))]).to(torch.int)
+    return {str(k): top_k_latents(acts, labels, k) for k in k_values}
+
+
+# --- stage --------------------------------------------------------------------------------------------
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    p = SparseProbingParams.from_dict(dict(ctx.stage.params["sparse_probing"]))
+    check_dataset_names(p.datasets)  # before the model loads: a typo fails in a second
+    model, tokenizer = get_model(ctx.cfg.model)
+    sae = load_trained_sae(ctx)
+    hook, layer, device = ctx.cfg.model.hook, ctx.cfg.model.layer, ctx.cfg.model.device
+    sae_hook = sae.cfg.metadata.hook_name
+    if sae_hook != hook:
+        raise ValueError(f"{ctx.stage.label}: the SAE was trained on {sae_hook!r}, the config hooks {hook!r}")
+
+    started = time.perf_counter()
+    dataset_results: dict[str, dict[str, float]] = {}
+    per_class_results: dict[str, dict[str, dict[str, float]]] = {}
+    extras: dict[str, dict[str, Any]] = {}
+    with ctx.reporter.bar(f"sparse probing {ctx.stage.label}", total=len(p.datasets), unit="dataset") as bar:
+        for name in p.datasets:
+            bar.advance(0, extra=f"{name}: forward passes")
+            train_text, test_text = load_split(name, p.n_train, p.n_test, p.seed)
+            pooled = []
+            for split in (train_text, test_text):
+                tok = tokenize(split, tokenizer, p.context_size, device)
+                pooled.append(pooled_activations(tok, model, sae, layer, hook, p.batch_size))
+            (llm_train, sae_train), (llm_test, sae_test) = pooled
+            bar.advance(0, extra=f"{name}: probes")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(p.seed)
+                means, per_class = probe_dataset(llm_train, llm_test, sae_train, sae_test, p.k_values)
+                sk_acc = sklearn_full_probe(llm_train, llm_test)
+            key = f"{name}_results"  # SAEBench's naming of per-dataset entries
+            dataset_results[key], per_class_results[key] = means, per_class
+            extras[name] = {
+                "llm_sklearn_test_accuracy": sk_acc,
+                "sae_top_k_latents": selected_latents(sae_train, p.k_values),
+                "n_train_per_class": {c: len(v) for c, v in train_text.items()},
+                "n_test_per_class": {c: len(v) for c, v in test_text.items()},
+            }
+            bar.advance(1, extra=f"{name}: llm {means['llm_test_accuracy']:.3f}, "
+                        f"sae top-{p.k_values[0]} {means[f'sae_top_{p.k_values[0]}_test_accuracy']:.3f}")  # fmt: skip
+
+    averaged = general_utils.average_results_dictionaries(dataset_results, p.datasets)
+    eval_cfg = SparseProbingEvalConfig(
+        random_seed=p.seed,
+        dataset_names=list(p.datasets),
+        probe_train_set_size=p.n_train,
+        probe_test_set_size=p.n_test,
+        context_length=p.context_size,
+        sae_batch_size=p.sae_batch_size,
+        llm_batch_size=p.batch_size,
+        llm_dtype=ctx.cfg.model.dtype,
+        model_name=ctx.cfg.model.name,
+        k_values=list(p.k_values),
+        lower_vram_usage=False,
+    )
+    output = SparseProbingEvalOutput(
+        eval_config=eval_cfg,
+        eval_id=str(uuid.uuid4()),
+        datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
+        eval_result_metrics=SparseProbingMetricCategories(
+            llm=SparseProbingLlmMetrics(**{k: v for k, v in averaged.items() if k.startswith("llm_")}),
+            sae=SparseProbingSaeMetrics(**{k: v for k, v in averaged.items() if k.startswith("sae_")}),
+        ),
+        eval_result_details=[
+            SparseProbingResultDetail(dataset_name=key, **res) for key, res in dataset_results.items()
+        ],
+        eval_result_unstructured={
+            "data_source": DATA_SOURCE.format(version=version("sae-probes")),
+            "sampling": f"sae-probes get_train_test_indices (balanced, disjoint, first {MAX_ROWS} rows), seed {p.seed}",
+            "per_class_results": per_class_results,
+            "per_dataset_extras": extras,
+        },
+        sae_bench_commit_hash=f"sae-bench=={version('sae-bench')}",
+        sae_lens_id=ctx.stage.label.split(":", 1)[-1],
+        sae_lens_release_id=ctx.cfg.name,
+        sae_lens_version=sae.cfg.metadata.sae_lens_version or version("sae-lens"),
+        sae_cfg_dict=sae.cfg.to_dict(),
+    )
+    output.to_json_file(str(ctx.out / RESULT_FILE), indent=2)
+
+    summary: dict[str, Any] = {"datasets": len(p.datasets), "llm_test_accuracy": round(averaged["llm_test_accuracy"], 4)}
+    summary["sae_test_accuracy"] = round(averaged["sae_test_accuracy"], 4)
+    for k in p.k_values:
+        summary[f"llm_top_{k}_test_accuracy"] = round(averaged[f"llm_top_{k}_test_accuracy"], 4)
+        summary[f"sae_top_{k}_test_accuracy"] = round(averaged[f"sae_top_{k}_test_accuracy"], 4)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    return summary

@@ -1,0 +1,174 @@
+"""SparseCoder: one SAE assembled from recipe pieces.
+
+The training loss is the same loop for every recipe:
+    k      = k_schedule(step, total)
+    code   = encoder(x)                          (plain or LISTA; activation picks the entries)
+    recon  = reconstruction(x, code)             (plain or Matryoshka levels of per-sample errors)
+    loss   = sum_levels reduce(level) + activation penalty + sum of extra loss terms
+Pieces that are switched off are replaced by neutral ones (constant k, zero refinement steps, one
+level, mean reduction, empty term list), so the loop has no per-idea branches.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.recipes.activation import Activation, BatchTopK, JumpReLU, build_activation
+from pipeline.recipes.aux_k import AuxKLoss
+from pipeline.recipes.k_anneal import KSchedule
+from pipeline.recipes.lista import RefiningEncoder
+from pipeline.recipes.loo import LooPruner, NoPruning
+from pipeline.recipes.matryoshka import build_reconstruction
+from pipeline.recipes.ops import DenseOps, SparseOps
+from pipeline.recipes.orthogonality import OrthogonalityLoss
+from pipeline.recipes.outputs import Active, EncodeOutput, ReconOutput, TrainOutput
+from pipeline.recipes.spec import RecipeSpec
+from pipeline.recipes.term import MeanLoss, TiltedLoss
+
+
+class LossContext(NamedTuple):
+    """Everything an extra loss term may look at."""
+
+    x: Tensor
+    enc: EncodeOutput
+    recon: ReconOutput
+    dead_mask: Tensor | None
+    W_enc: Tensor
+    b_enc: Tensor
+    W_dec: Tensor
+    ops: type[SparseOps] | type[DenseOps]
+
+
+class LossTerm(Protocol):
+    def __call__(self, ctx: LossContext) -> Tensor: ...
+
+
+class SavedForm(NamedTuple):
+    """Closest sae-lens inference form: architecture name, extra cfg fields, tensors."""
+
+    architecture: str
+    cfg: dict[str, object]
+    tensors: dict[str, Tensor]
+
+
+class SparseCoder(nn.Module):
+    """SAE with W_enc (d_in, d_sae), b_enc, W_dec (d_sae, d_in) with unit-norm rows, b_dec."""
+
+    def __init__(self, recipe: RecipeSpec, d_in: int, d_sae: int, k: int, seed: int = 0, dense: bool = False) -> None:
+        super().__init__()
+        self.recipe, self.d_in, self.d_sae, self.k, self.seed = recipe, d_in, d_sae, k, seed
+        gen = torch.Generator().manual_seed(seed)
+        W_dec = F.normalize(torch.randn(d_sae, d_in, generator=gen), dim=-1)
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_dec.t().clone())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.ops: type[SparseOps] | type[DenseOps] = DenseOps if dense else SparseOps
+        self.activation: Activation = build_activation(recipe, d_sae)
+        self.encoder = RefiningEncoder(recipe.lista.steps, recipe.lista.eta) if recipe.lista else RefiningEncoder(0)
+        self.reconstruction = build_reconstruction(recipe.matryoshka, d_sae)
+        self.reduce = TiltedLoss(recipe.term.t) if recipe.term else MeanLoss()
+        ka = recipe.k_anneal
+        self.k_schedule = KSchedule(k, ka.k_start, ka.fraction) if ka else KSchedule(k)
+        self.loss_terms: dict[str, LossTerm] = {}
+        if recipe.aux_k is not None:
+            self.loss_terms["aux_k"] = AuxKLoss(recipe.aux_k)
+        if recipe.orthogonality is not None:
+            self.loss_terms["orthogonality"] = OrthogonalityLoss(recipe.orthogonality)
+        self.pruner = LooPruner(recipe.loo.tau) if recipe.loo else NoPruning()
+
+    # -- training ---------------------------------------------------------------------------
+
+    def training_loss(self, x: Tensor, step: int = 0, total_steps: int = 1, dead_mask: Tensor | None = None) -> TrainOutput:
+        """Loss of one batch; also updates training statistics (BatchTopK threshold, frequencies)."""
+        k = self.k_schedule(step, total_steps)
+        enc = self.encoder(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.activation,
+                           lambda h: self.activation.select(h, k), self.ops)
+        recon: ReconOutput = self.reconstruction(x, enc.active, self.W_dec, self.b_dec, self.ops)
+        terms: dict[str, Tensor] = {
+            "reconstruction": sum(self.reduce(level) for level in recon.level_losses),
+            "sparsity": self.activation.penalty(enc.pre, enc.active.values, enc.active.latents, x.shape[0]),
+        }
+        ctx = LossContext(x, enc, recon, dead_mask, self.W_enc, self.b_enc, self.W_dec, self.ops)
+        for name, term in self.loss_terms.items():
+            terms[name] = term(ctx)
+        loss = sum(terms.values())
+        with torch.no_grad():
+            active = Active.of(enc.active.selection, enc.active.values.detach())
+            self.activation.observe(active)
+            self.reconstruction.observe(active)
+            err = (x - recon.x_hat).pow(2).sum(-1)
+            metrics = {f"loss/{name}": float(v) for name, v in terms.items()}
+            metrics.update({
+                "loss": float(loss),
+                "mse": float(err.mean()),
+                "fvu": float(err.sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)),
+                "l0": float((active.values != 0).sum()) / x.shape[0],
+                "k": float(k),
+            })
+        return TrainOutput(loss, metrics, active)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Project decoder rows back to unit norm; call after each optimizer step."""
+        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def init_b_dec(self, x: Tensor) -> None:
+        """Start b_dec at the data mean (a cheap stand-in for the geometric median)."""
+        self.b_dec.copy_(x.mean(0))
+
+    # -- inference --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Active:
+        """Inference code: fitted threshold for BatchTopK, refinement if LISTA, LOO pruning if set."""
+        enc = self.encoder(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.activation,
+                           lambda h: self.activation.select_inference(h, self.k), SparseOps)
+        return self.pruner(x, enc.active, self.W_dec, self.b_dec)
+
+    @torch.no_grad()
+    def decode(self, active: Active) -> Tensor:
+        return self.b_dec + SparseOps.decode(active.selection, active.values, self.W_dec)
+
+    @torch.no_grad()
+    def encode_dense(self, x: Tensor) -> Tensor:
+        """(B, d_sae) activations, for comparison with dense SAE libraries."""
+        return self.encode(x).dense(self.d_sae)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    # -- saving -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def state_for_saving(self) -> SavedForm:
+        """Weights in the closest sae-lens inference architecture (see `saving.py`)."""
+        tensors = {name: getattr(self, name).detach().clone().contiguous() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        act = self.activation
+        if isinstance(act, BatchTopK):
+            tensors["threshold"] = act.inference_threshold().to(self.W_enc.dtype)
+            return SavedForm("jumprelu", {}, tensors)
+        if isinstance(act, JumpReLU):
+            tensors["threshold"] = act.threshold.detach().clone()
+            return SavedForm("jumprelu", {}, tensors)
+        if self.recipe.activation == "topk":
+            return SavedForm("topk", {"k": self.k, "rescale_acts_by_decoder_norm": False}, tensors)
+        return SavedForm("standard", {}, tensors)
+
+
+def build_coder(recipe: RecipeSpec, d_in: int, d_sae: int, k: int, seed: int = 0, dense: bool = False) -> SparseCoder:
+    """SparseCoder for a recipe; checks the parts of the recipe that depend on d_in, d_sae and k."""
+    if d_in < 1 or d_sae < 1:
+        raise ValueError(f"d_in and d_sae must be positive, got {d_in}, {d_sae}")
+    if not 1 <= k <= d_sae:
+        raise ValueError(f"k must be in [1, d_sae={d_sae}], got {k}")
+    if recipe.k_anneal and recipe.k_anneal.k_start > d_sae:
+        raise ValueError(f"k_anneal.k_start={recipe.k_anneal.k_start} exceeds d_sae={d_sae}")
+    if recipe.matryoshka and recipe.matryoshka.levels[-1] != d_sae:
+        raise ValueError(f"matryoshka levels must end at d_sae={d_sae}, got {list(recipe.matryoshka.levels)}")
+    return SparseCoder(recipe, d_in, d_sae, k, seed, dense)
