@@ -2,10 +2,11 @@
 
 What is measured (SAEBench ``sparse_probing``, sae-bench 0.6.0, reproduced call for call):
 
-* each prompt is tokenized with SAEBench's ``tokenize_data_dictionary`` (pad/truncate to
-  ``context_size``), run to the SAE's hook with SAEBench's ``get_llm_activations`` with
-  ``mask_bos_pad_eos_tokens=True`` (BOS/EOS/pad positions zeroed), and mean-pooled over the positions
-  that were not zeroed (``create_meaned_model_activations``);
+* each prompt is tokenized with SAEBench's ``tokenize_data_dictionary`` (right-pad / truncate to
+  ``context_size``; one BOS in front when ``data.prepend_bos``, as the SAE's training contexts had it),
+  run to the SAE's hook with SAEBench's ``get_llm_activations`` with ``mask_bos_pad_eos_tokens=True``
+  (BOS/EOS/pad positions zeroed), and mean-pooled over the positions that were not zeroed
+  (``create_meaned_model_activations``);
 * SAE latents are computed per token on those activations and pooled the same way
   (``get_sae_meaned_activations``: it multiplies the latents by the token mask, so ``encode(0) != 0``
   at masked positions cannot leak into the mean);
@@ -90,8 +91,7 @@ class SparseProbingParams:
     batch_size: int = 8
     """Prompts per forward pass (SAEBench's llm_batch_size)."""
     seed: int = 42
-    sae_batch_size: int = 125
-    """Only recorded in the eval config: latents are computed per LLM batch."""
+    """Seeds the train/test draw (sae-probes' sampler) and torch before each dataset's probes."""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SparseProbingParams:
@@ -109,7 +109,7 @@ class SparseProbingParams:
                 raise ValueError(
                     f"evals.sparse_probing.{name}={n}: must be an even number >= 4 (classes are balanced, n/2 each)"
                 )
-        for name in ("context_size", "batch_size", "sae_batch_size"):
+        for name in ("context_size", "batch_size"):
             if getattr(p, name) < 1:
                 raise ValueError(f"evals.sparse_probing.{name} must be positive")
         bad_k = [k for k in p.k_values if k not in SCHEMA_K_VALUES]
@@ -189,14 +189,29 @@ def pool_llm_and_sae(acts_BLD: torch.Tensor, sae: Any) -> tuple[torch.Tensor, to
     empty = ~torch.isfinite(llm_BD).all(dim=1)  # 0 unmasked tokens: SAEBench's mean is 0/0
     if empty.any():
         rows = torch.nonzero(empty).flatten().tolist()
-        raise ValueError(f"rows {rows} have no token left after masking BOS/EOS/pad; nothing to pool")
+        raise ValueError(f"prompt(s) at batch rows {rows} have no token left after masking BOS/EOS/pad")
     return llm_BD, sae_BF
 
 
-def tokenize(split: dict[str, list[str]], tokenizer: Any, context_size: int, device: str) -> dict[str, dict]:
-    """SAEBench's ``tokenize_data_dictionary`` (pad/truncate to ``context_size``), without its tqdm line."""
-    with contextlib.redirect_stderr(io.StringIO()):
-        return dataset_utils.tokenize_data_dictionary(split, tokenizer, context_size, device)
+def tokenize(
+    split: dict[str, list[str]], tokenizer: Any, context_size: int, device: str, prepend_bos: bool = True
+) -> dict[str, dict[str, torch.Tensor]]:
+    """SAEBench's ``tokenize_data_dictionary`` (right-pad / truncate to ``context_size``), with one BOS in
+    front when ``prepend_bos`` and the tokenizer does not add one itself (Gemma's does; SmolLM2's does
+    not). The SAE was trained on contexts that start with BOS, with the BOS position left out: here BOS
+    is masked out of the pooling like pad and EOS, and position 0 is not a real token either."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    adds_bos = tokenizer("a")["input_ids"][:1] == [bos]
+    add = prepend_bos and not adds_bos
+    with contextlib.redirect_stderr(io.StringIO()):  # its tqdm line
+        out = dataset_utils.tokenize_data_dictionary(split, tokenizer, context_size - int(add), device)
+    if add:
+        for enc in out.values():
+            n = len(enc["input_ids"])
+            col = torch.full((n, 1), bos, dtype=enc["input_ids"].dtype, device=enc["input_ids"].device)
+            enc["input_ids"] = torch.cat([col, enc["input_ids"]], dim=1)
+            enc["attention_mask"] = torch.cat([torch.ones_like(col), enc["attention_mask"]], dim=1)
+    return out
 
 
 @torch.no_grad()
@@ -345,7 +360,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             train_text, test_text = load_split(name, p.n_train, p.n_test, p.seed)
             pooled = []
             for split in (train_text, test_text):
-                tok = tokenize(split, tokenizer, p.context_size, device)
+                tok = tokenize(split, tokenizer, p.context_size, device, ctx.cfg.data.prepend_bos)
                 pooled.append(pooled_activations(tok, model, sae, layer, hook, p.batch_size))
             (llm_train, sae_train), (llm_test, sae_test) = pooled
             bar.advance(0, extra=f"{name}: probes")
@@ -371,7 +386,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         probe_train_set_size=p.n_train,
         probe_test_set_size=p.n_test,
         context_length=p.context_size,
-        sae_batch_size=p.sae_batch_size,
+        sae_batch_size=p.batch_size,  # latents are computed on each LLM batch as it comes
         llm_batch_size=p.batch_size,
         llm_dtype=ctx.cfg.model.dtype,
         model_name=ctx.cfg.model.name,

@@ -106,3 +106,19 @@ def test_run_with_cache_stop_at_layer(smollm2):
     assert acts.shape == (batch.shape[0], batch.shape[1], 576)
     assert out.shape == acts.shape  # stop_at_layer returns the residual stream
     torch.testing.assert_close(acts, full_cache[hook], rtol=0, atol=0)
+
+
+def test_converted_model_cache_matches_fresh_conversion(tmp_path, monkeypatch) -> None:
+    """The safetensors cache must give exactly what converting the GGUF gives (weights, tokenizer)."""
+    from pipeline.models import smollm2
+
+    monkeypatch.setenv("SAEPIPE_CACHE", str(tmp_path))
+    path = smollm2.gguf_path()
+    tok_fresh, cfg_fresh, sd_fresh = smollm2._converted(path, 2048)
+    assert len(list(tmp_path.glob("smollm2-tl-*/weights.safetensors"))) == 1
+    tok_cached, cfg_cached, sd_cached = smollm2._converted(path, 2048)
+    assert sd_fresh.keys() == sd_cached.keys()
+    assert all(torch.equal(sd_fresh[k], sd_cached[k]) for k in sd_fresh)
+    assert smollm2._rope_theta(cfg_cached) == smollm2._rope_theta(cfg_fresh) == 100000.0
+    for text in ["Hello world", "<|im_start|>user\nHi<|im_end|>", "  spaces\tand\nnewlines é"]:
+        assert tok_fresh(text)["input_ids"] == tok_cached(text)["input_ids"]

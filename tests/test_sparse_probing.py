@@ -135,7 +135,18 @@ def test_split_is_balanced_disjoint_and_deterministic() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(shared_artifacts: Path) -> tuple:
+def one_thread():
+    """One torch thread for this module's forward passes. On a shared, busy 2-core machine two intra-op
+    threads wait on each other at every small op: a 96x32-token forward took 24 s with 2 threads at
+    batch 8 and 1.3 s with 1. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(shared_artifacts: Path, one_thread) -> tuple:
     """The tiny config's activations and train stages, run in-process (cached across test modules)."""
     cfg = parse_config(tiny_config())
     store = ArtifactStore(shared_artifacts)

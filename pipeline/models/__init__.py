@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pipeline.models.registry import known_d_model, known_n_layers
+
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
     from transformers import PreTrainedTokenizerBase
@@ -22,14 +24,6 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-
-# (n_layers, d_model) of hub models known without loading them.
-_HUB_SHAPES: dict[str, tuple[int, int]] = {
-    "google/gemma-2-2b": (26, 2304),
-    "google/gemma-2-9b": (42, 3584),
-    "gpt2": (12, 768),
-}
-_SMOLLM2_SHAPE = (30, 576)
 
 
 def _check_source(source: str) -> None:
@@ -67,20 +61,13 @@ def load_model(
     return load_hub_model(name, dtype=torch_dtype, device=device)
 
 
-def _shape(source: str, name: str) -> tuple[int, int] | None:
-    _check_source(source)
-    if source == "smollm2_gguf":
-        return _SMOLLM2_SHAPE
-    return _HUB_SHAPES.get(name)
-
-
 def model_n_layers(source: str, name: str) -> int | None:
     """Number of layers if known offline, else ``None``."""
-    shape = _shape(source, name)
-    return shape[0] if shape else None
+    _check_source(source)
+    return known_n_layers(source, "SmolLM2-135M-Instruct" if source == "smollm2_gguf" else name)
 
 
 def model_d_model(source: str, name: str) -> int | None:
     """Residual width if known offline, else ``None``."""
-    shape = _shape(source, name)
-    return shape[1] if shape else None
+    _check_source(source)
+    return known_d_model(source, "SmolLM2-135M-Instruct" if source == "smollm2_gguf" else name)

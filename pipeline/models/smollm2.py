@@ -274,6 +274,12 @@ def load_smollm2(
     gc.collect()
 
     model.set_tokenizer(tok, default_padding_side="right")
+    if model.tokenizer is not tok:
+        # TL reloads a tokenizer it finds on disk (our cache) with add_bos_token=True. SmolLM2 adds
+        # no BOS, and the GGUF tokenizer (which TL cannot reload) never did: keep it as loaded.
+        tok.padding_side = "right"
+        model.tokenizer = tok
+        model.cfg.tokenizer_prepends_bos = False
     # The SmolLM2 tokenizer prepends nothing; TL must not prepend <|im_start|>.
     model.cfg.default_prepend_bos = False
     model.eval()
