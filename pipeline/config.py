@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.models.registry import known_n_layers
 from pipeline.recipes.spec import RecipeSpec
+from pipeline.synthetic.spec import SyntheticSpec
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|mid|post)$")
@@ -136,17 +137,53 @@ class SAESpec(Strict):
 
 
 class CoreEvalSpec(Strict):
+    """SAEBench core metrics (language-model runs only; a synthetic run has no model to splice into)."""
+
     enabled: bool = True
     batch_size_prompts: PositiveInt = 8
     n_reconstruction_batches: PositiveInt = 4
     n_sparsity_batches: PositiveInt = 4
 
 
+class SparseProbingSpec(Strict):
+    """k-sparse probes on SAE latents beside probes on the model's own activations (SAEBench),
+    on the real probing datasets shipped in the `sae-probes` package."""
+
+    enabled: bool = False
+    datasets: list[str] = Field(default_factory=lambda: ["139_news_class_Politics", "56_wikidatasex_or_gender"], min_length=1)
+    n_train: PositiveInt = 400
+    n_test: PositiveInt = 200
+    k_values: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 5, 10, 20], min_length=1)
+    context_size: PositiveInt = 128
+    batch_size: PositiveInt = 8
+    seed: int = 42
+
+
+class SyntheticEvalSpec(Strict):
+    """Ground-truth metrics (F1, MCC, uniqueness, EV, L0, dead) for synthetic runs."""
+
+    enabled: bool = True
+    loo_tau: float | None = None
+    """Also score each SAE with leave-one-out pruning at inference (threshold tau) as its own variant."""
+
+
 class EvalsSpec(Strict):
     core: CoreEvalSpec = CoreEvalSpec()
+    sparse_probing: SparseProbingSpec = SparseProbingSpec()
+    synthetic: SyntheticEvalSpec = SyntheticEvalSpec()
 
 
-StageKind = Literal["activations", "train", "eval_core", "report"]
+StageKind = Literal[
+    "synthetic_model",
+    "activations",
+    "synthetic_activations",
+    "train",
+    "eval_core",
+    "eval_sparse_probing",
+    "eval_synthetic",
+    "probe_baseline",
+    "report",
+]
 
 
 class SlurmResources(Strict):
@@ -185,13 +222,31 @@ class ExecutorSpec(Strict):
 
 
 class PipelineConfig(Strict):
+    """A run on a language model (``model`` + ``data``) or on a synthetic model with known features
+    (``synthetic``, instead of both)."""
+
     name: str = Field(pattern=NAME_RE)
-    model: ModelSpec
-    data: DataSpec
+    model: ModelSpec | None = None
+    data: DataSpec | None = None
+    synthetic: SyntheticSpec | None = None
     activations: ActivationsSpec
     saes: list[SAESpec] = Field(min_length=1)
     evals: EvalsSpec = EvalsSpec()
     executor: ExecutorSpec = ExecutorSpec()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PipelineConfig:
+        if self.synthetic is None:
+            missing = [f for f in ("model", "data") if getattr(self, f) is None]
+            if missing:
+                raise ValueError("; ".join(f"{f}: required field is missing (or give `synthetic:` instead)" for f in missing))
+        elif self.model is not None or self.data is not None:
+            raise ValueError("synthetic: a synthetic run takes no `model` or `data`; remove them or remove `synthetic`")
+        return self
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.synthetic is not None
 
     @field_validator("saes")
     @classmethod
@@ -231,8 +286,10 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 
 def _format_error(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
+    loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
+    if not loc:  # whole-config checks name their fields themselves
+        return msg
     if err["type"] == "missing":
         return f"{loc}: required field is missing"
     if err["type"] == "extra_forbidden":

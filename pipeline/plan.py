@@ -17,7 +17,17 @@ from pipeline.config import PipelineConfig
 
 # Bump a kind's version when its code changes what it produces; every artifact of that kind is then
 # recomputed (and everything downstream, through the input keys).
-STAGE_VERSIONS = {"activations": 1, "train": 1, "eval_core": 1, "report": 1}
+STAGE_VERSIONS = {
+    "synthetic_model": 1,
+    "activations": 1,
+    "synthetic_activations": 1,
+    "train": 2,
+    "eval_core": 1,
+    "eval_sparse_probing": 1,
+    "eval_synthetic": 1,
+    "probe_baseline": 1,
+    "report": 2,
+}
 
 
 @dataclass(frozen=True)
@@ -44,37 +54,68 @@ class Stage:
 
 def _model_params(cfg: PipelineConfig) -> dict[str, Any]:
     # device is left out on purpose: where a stage runs must not change its key.
+    assert cfg.model is not None
     return cfg.model.model_dump(exclude={"device"})
+
+
+def _source_stages(cfg: PipelineConfig) -> list[Stage]:
+    """The stages that produce activations: a model hooked on text, or a synthetic model sampled."""
+    if cfg.synthetic is not None:
+        synth = Stage("synthetic_model", "synthetic_model", {"synthetic": cfg.synthetic.model_dump()})
+        acts = Stage(
+            "synthetic_activations",
+            "activations",
+            {"activations": cfg.activations.model_dump()},
+            {"synthetic_model": synth},
+        )
+        return [synth, acts]
+    assert cfg.data is not None
+    params = {"model": _model_params(cfg), "data": cfg.data.model_dump(), "activations": cfg.activations.model_dump()}
+    return [Stage("activations", "activations", params)]
+
+
+def _evals(cfg: PipelineConfig, sae_id: str, train: Stage, synth: Stage | None) -> list[Stage]:
+    """The eval stages of one trained SAE (each independent: one failing leaves the others)."""
+    out = []
+    ev = cfg.evals
+    if synth is not None:
+        if ev.synthetic.enabled:
+            out.append(Stage("eval_synthetic", f"eval_synthetic:{sae_id}", {"loo_tau": None}, {"sae": train, "synthetic_model": synth}))
+            if ev.synthetic.loo_tau is not None:
+                out.append(
+                    Stage(
+                        "eval_synthetic",
+                        f"eval_synthetic:{sae_id}+loo",
+                        {"loo_tau": ev.synthetic.loo_tau},
+                        {"sae": train, "synthetic_model": synth},
+                    )
+                )
+        return out
+    assert cfg.data is not None
+    if ev.core.enabled:
+        params = {"model": _model_params(cfg), "data": cfg.data.model_dump(), "core": ev.core.model_dump(exclude={"enabled"})}
+        out.append(Stage("eval_core", f"eval_core:{sae_id}", params, {"sae": train}))
+    if ev.sparse_probing.enabled:
+        params = {"model": _model_params(cfg), "sparse_probing": ev.sparse_probing.model_dump(exclude={"enabled"})}
+        out.append(Stage("eval_sparse_probing", f"eval_sparse_probing:{sae_id}", params, {"sae": train}))
+    return out
 
 
 def build_plan(cfg: PipelineConfig) -> list[Stage]:
     """Stages in a topological order (inputs before the stages that read them)."""
-    acts = Stage(
-        "activations",
-        "activations",
-        {"model": _model_params(cfg), "data": cfg.data.model_dump(), "activations": cfg.activations.model_dump()},
-    )
-    stages: list[Stage] = [acts]
+    stages = _source_stages(cfg)
+    synth = stages[0] if cfg.synthetic is not None else None
+    acts = stages[-1]
     trains: list[Stage] = []
     evals: list[Stage] = []
+    if synth is not None and cfg.evals.synthetic.enabled:
+        evals.append(Stage("probe_baseline", "probe_baseline", {}, {"synthetic_model": synth}))
     for sae in cfg.saes:
         for seed in sae.seeds:
-            params = {**sae.identity(), "seed": seed}
-            train = Stage("train", f"train:{sae.name}-s{seed}", params, {"activations": acts})
+            sae_id = f"{sae.name}-s{seed}"
+            train = Stage("train", f"train:{sae_id}", {**sae.identity(), "seed": seed}, {"activations": acts})
             trains.append(train)
-            if cfg.evals.core.enabled:
-                evals.append(
-                    Stage(
-                        "eval_core",
-                        f"eval_core:{sae.name}-s{seed}",
-                        {
-                            "model": _model_params(cfg),
-                            "data": cfg.data.model_dump(),
-                            "core": cfg.evals.core.model_dump(exclude={"enabled"}),
-                        },
-                        {"sae": train},
-                    )
-                )
+            evals += _evals(cfg, sae_id, train, synth)
     stages += trains + evals
     report_inputs = {s.label: s for s in trains + evals}
     stages.append(Stage("report", "report", {"run": cfg.name}, report_inputs))

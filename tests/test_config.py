@@ -41,7 +41,7 @@ def test_unknown_key_is_an_error() -> None:
 def test_missing_model() -> None:
     cfg = tiny_config()
     del cfg["model"]
-    assert problems_of(cfg) == ["model: required field is missing"]
+    assert problems_of(cfg) == ["model: required field is missing (or give `synthetic:` instead)"]
 
 
 def test_negative_sizes_each_reported() -> None:
@@ -134,3 +134,9 @@ def test_identical_sae_specs_are_rejected() -> None:
     cfg["saes"].append({**cfg["saes"][0], "name": "copy"})
     [line] = problems_of(cfg)
     assert "'btk' and 'copy' have the same settings and share seeds [0]" in line
+
+
+def test_synthetic_run_takes_no_model() -> None:
+    cfg = tiny_config(synthetic={"num_features": 64, "hidden_dim": 16, "hierarchy": None})
+    [line] = problems_of(cfg)
+    assert line.startswith("synthetic: a synthetic run takes no `model` or `data`")

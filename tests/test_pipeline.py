@@ -52,7 +52,7 @@ def test_first_run_computes_everything_and_writes_report(first_run) -> None:
     store, cfg, outcomes = first_run
     assert set(statuses(outcomes).values()) == {"ran"}, statuses(outcomes)
     report = (store.root / "tiny" / "report.md").read_text()
-    assert "| a | 0 | 256 | 8 |" in report and "| b | 0 | 128 | 8 |" in report
+    assert "| a | 0 | sae_lens | 256 | 8 |" in report and "| b | 0 | saepipe | 128 | 8 |" in report
     summary = json.loads((store.root / "tiny" / "summary.json").read_text())
     rows = {r["sae"]: r for r in summary["saes"]}
     for row in rows.values():

@@ -175,6 +175,26 @@ def stage_version(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(plan.STAGE_VERSIONS, "eval_sparse_probing", 1)
 
 
+def test_tokenize_puts_one_bos_in_front_like_training_contexts(tiny_run) -> None:
+    cfg, _, _ = tiny_run
+    _, tokenizer = get_model(cfg.model)
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+    split = {"1": ["Win a FREE prize now", "x " * 100], "0": ["ok see you at 5"]}
+    with_bos = sp.tokenize(split, tokenizer, 16, "cpu", prepend_bos=True)
+    plain = sp.tokenize(split, tokenizer, 16, "cpu", prepend_bos=False)
+    tokenizer_adds_bos = tokenizer("a")["input_ids"][:1] == [bos]
+    for cls in split:
+        ids, mask = with_bos[cls]["input_ids"], with_bos[cls]["attention_mask"]
+        assert ids.shape[1] == 16 and (ids[:, 0] == bos).all() and not (ids[:, 1:] == bos).any()  # exactly one
+        assert (mask[:, 0] == 1).all()
+        if not tokenizer_adds_bos:  # SmolLM2: the same tokens one place later, truncated one earlier
+            assert torch.equal(ids[:, 1:], plain[cls]["input_ids"][:, :15])
+            assert torch.equal(mask[:, 1:], plain[cls]["attention_mask"][:, :15])
+    assert with_bos["1"]["input_ids"][1, -1] != pad  # the long prompt is truncated, not padded
+    keep = activation_collection.get_bos_pad_eos_mask(with_bos["1"]["input_ids"], tokenizer)
+    assert not keep[:, 0].any() and keep[1].sum() == 15  # BOS (and pad) never enter the mean
+
+
 # --- (b) parity with sae-bench's own runner ----------------------------------------------------------
 
 
@@ -189,8 +209,8 @@ def test_matches_saebench_run_eval_single_dataset(tiny_run, monkeypatch: pytest.
     sae = sp.load_trained_sae(make_ctx(cfg, store, probing_stage(train, datasets=[EASY])))
     hook, layer, ctx_len, batch, seed, ks = cfg.model.hook, cfg.model.layer, 32, 8, 7, [1, 2, 5, 10, 20]
     train_text, test_text = sp.load_split(EASY, 60, 40, seed)
-    train_tok = sp.tokenize(train_text, tokenizer, ctx_len, "cpu")
-    test_tok = sp.tokenize(test_text, tokenizer, ctx_len, "cpu")
+    train_tok = sp.tokenize(train_text, tokenizer, ctx_len, "cpu", cfg.data.prepend_bos)
+    test_tok = sp.tokenize(test_text, tokenizer, ctx_len, "cpu", cfg.data.prepend_bos)
 
     # ours
     (llm_tr, sae_tr), (llm_te, sae_te) = (

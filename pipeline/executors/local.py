@@ -70,7 +70,7 @@ def publish_report(cfg: PipelineConfig, stages: list[Stage], store: ArtifactStor
         return None
     run_dir = store.root / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("report.md", "summary.json"):
+    for name in ("report.md", "report.html", "summary.json"):
         tmp = run_dir / f".{name}.tmp"
         shutil.copyfile(store.path(report.kind, report.key) / name, tmp)
         tmp.replace(run_dir / name)

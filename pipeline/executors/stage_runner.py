@@ -18,9 +18,14 @@ from pipeline.progress import Reporter
 from pipeline.stages.context import StageContext
 
 RUNNERS = {
+    "synthetic_model": "pipeline.synthetic.stages:run_model",
     "activations": "pipeline.stages.activations:run",
+    "synthetic_activations": "pipeline.synthetic.stages:run_activations",
     "train": "pipeline.stages.train:run",
     "eval_core": "evals.core:run",
+    "eval_sparse_probing": "evals.sparse_probing:run",
+    "eval_synthetic": "evals.synthetic:run",
+    "probe_baseline": "evals.probe_baseline:run",
     "report": "pipeline.stages.report:run",
 }
 

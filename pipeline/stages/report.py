@@ -1,94 +1,212 @@
 """Stage `report`: gather every train and eval result of the run into report.md and summary.json.
 
-Seeds of the same SAE spec are shown one row each and summarised as mean ± std, so a reader sees the
-spread before comparing SAEs.
+One row per SAE, seed and eval variant (``+loo`` for leave-one-out inference). Seeds of one spec are
+then summarised as mean, std and a 95% interval (t distribution), and every spec is compared with the
+best one on each metric by Welch's t-test over seeds: a value marked ``≈`` is within noise of the best
+(p ≥ 0.05, or fewer than two seeds on a side, where no claim can be made).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
+from collections.abc import Callable
 from typing import Any
 
+from scipy import stats
+
 from pipeline.fsutil import atomic_write_json
+from pipeline.stages import report_html
 from pipeline.stages.context import StageContext
 
-CORE_COLUMNS = [
-    ("explained_variance", "reconstruction_quality", "explained_variance"),
-    ("mse", "reconstruction_quality", "mse"),
-    ("cossim", "reconstruction_quality", "cossim"),
-    ("l0", "sparsity", "l0"),
-    ("ce_loss_score", "model_performance_preservation", "ce_loss_score"),
-    ("ce_with_sae", "model_performance_preservation", "ce_loss_with_sae"),
-    ("ce_clean", "model_performance_preservation", "ce_loss_without_sae"),
-    ("kl_div_score", "model_behavior_preservation", "kl_div_score"),
-    ("l2_ratio", "shrinkage", "l2_ratio"),
-    ("frac_alive", "misc_metrics", "frac_alive"),
-]
+Metrics = dict[str, float]
+
+
+def core_metrics(result: dict[str, Any]) -> Metrics:
+    m = result["eval_result_metrics"]
+    return {
+        "explained_variance": m["reconstruction_quality"]["explained_variance"],
+        "mse": m["reconstruction_quality"]["mse"],
+        "cossim": m["reconstruction_quality"]["cossim"],
+        "l0": m["sparsity"]["l0"],
+        "ce_loss_score": m["model_performance_preservation"]["ce_loss_score"],
+        "ce_with_sae": m["model_performance_preservation"]["ce_loss_with_sae"],
+        "ce_clean": m["model_performance_preservation"]["ce_loss_without_sae"],
+        "kl_div_score": m["model_behavior_preservation"]["kl_div_score"],
+        "l2_ratio": m["shrinkage"]["l2_ratio"],
+        "frac_alive": m["misc_metrics"]["frac_alive"],
+    }
+
+
+def sparse_probing_metrics(result: dict[str, Any]) -> Metrics:
+    m = result["eval_result_metrics"]
+    out = {"probe_llm_acc": m["llm"]["llm_test_accuracy"]}
+    if m["sae"].get("sae_test_accuracy") is not None:
+        out["probe_sae_all_acc"] = m["sae"]["sae_test_accuracy"]
+    out |= {f"probe_sae_top{k}_acc": v for k, v in _topk_accuracies(m["sae"]).items()}
+    return out
+
+
+def _topk_accuracies(sae: dict[str, Any]) -> dict[int, float]:
+    found = {}
+    for key, value in sae.items():
+        if key.startswith("sae_top_") and key.endswith("_test_accuracy") and value is not None:
+            found[int(key.removeprefix("sae_top_").removesuffix("_test_accuracy"))] = value
+    return dict(sorted(found.items()))
+
+
+def synthetic_metrics(result: dict[str, Any]) -> Metrics:
+    return dict(result["metrics"])
+
+
+EXTRACTORS: dict[str, tuple[str, Callable[[dict[str, Any]], Metrics]]] = {
+    "eval_core": ("core.json", core_metrics),
+    "eval_sparse_probing": ("sparse_probing.json", sparse_probing_metrics),
+    "eval_synthetic": ("synthetic.json", synthetic_metrics),
+}
 
 
 def _fmt(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
-def collect(ctx: StageContext) -> list[dict[str, Any]]:
-    """One row per SAE (spec × seed): training facts plus core metrics."""
-    rows: dict[str, dict[str, Any]] = {}
+def collect(ctx: StageContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows (one per SAE × seed × variant) and run-level results (e.g. the probe baseline)."""
+    trains: dict[str, dict[str, Any]] = {}
+    evals: dict[tuple[str, str], dict[str, Any]] = {}
+    run_level: dict[str, Any] = {}
     for label, inp in ctx.stage.inputs.items():
-        kind, sae_id = label.split(":", 1)
-        name, seed = sae_id.rsplit("-s", 1)
-        row = rows.setdefault(sae_id, {"sae": name, "seed": int(seed)})
         manifest = ctx.store.manifest(inp.kind, inp.key)
-        if kind == "train":
-            row |= {"d_sae": manifest["params"]["d_sae"], "k": manifest["params"]["k"]}
-            row |= {"train_tokens": manifest["summary"]["tokens"], "train_key": inp.key}
-        elif kind == "eval_core":
-            core_file = ctx.store.verified_file(inp.kind, inp.key, "core.json")
-            metrics = json.loads(core_file.read_text())["eval_result_metrics"]
-            row |= {col: metrics[group][field] for col, group, field in CORE_COLUMNS}
-            row["eval_core_key"] = inp.key
-    return sorted(rows.values(), key=lambda r: (r["sae"], r["seed"]))
+        if inp.kind == "probe_baseline":
+            result = json.loads(ctx.store.verified_file(inp.kind, inp.key, "probe_baseline.json").read_text())
+            run_level["probe_baseline"] = result
+            continue
+        sae_id = label.split(":", 1)[1]
+        if inp.kind == "train":
+            p = manifest["params"]
+            trains[sae_id] = {"trainer": p["trainer"], "d_sae": p["d_sae"], "k": p["k"], "train_tokens": manifest["summary"]["tokens"]}
+            continue
+        base, _, variant = sae_id.partition("+")
+        file, extract = EXTRACTORS[inp.kind]
+        result = json.loads(ctx.store.verified_file(inp.kind, inp.key, file).read_text())
+        evals.setdefault((base, variant), {}).update(extract(result))
+    rows = []
+    for (sae_id, variant), metrics in evals.items():
+        name, seed = sae_id.rsplit("-s", 1)
+        rows.append({"sae": name + (f"+{variant}" if variant else ""), "seed": int(seed), **trains[sae_id], **metrics})
+    for sae_id, facts in trains.items():  # SAEs with no eval still get their training row
+        if not any(sae_id == k[0] for k in evals):
+            name, seed = sae_id.rsplit("-s", 1)
+            rows.append({"sae": name, "seed": int(seed), **facts})
+    return sorted(rows, key=lambda r: (r["sae"], r["seed"])), run_level
+
+
+def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    facts = {"sae", "seed", "trainer", "d_sae", "k", "train_tokens"}
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in facts and c not in cols]
+    return cols
+
+
+def interval95(values: list[float]) -> tuple[float, float]:
+    """Half-width of the 95% t interval of the mean, and the std (0 for a single seed)."""
+    if len(values) < 2:
+        return 0.0, 0.0
+    std = statistics.stdev(values)
+    return float(stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))), std
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean, std and seed count per SAE spec for each core metric."""
+    """Mean, std, 95% interval and seed count per SAE spec (and variant) for each metric."""
     out = []
     for name in sorted({r["sae"] for r in rows}):
         group = [r for r in rows if r["sae"] == name]
-        agg: dict[str, Any] = {"sae": name, "n_seeds": len(group)}
-        for col, _, _ in CORE_COLUMNS:
-            values = [r[col] for r in group if col in r]
-            if values:
-                agg[col] = statistics.fmean(values)
-                agg[f"{col}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        agg: dict[str, Any] = {"sae": name, "n_seeds": len(group), "seeds": [r["seed"] for r in group]}
+        for col in metric_columns(group):
+            values = [float(r[col]) for r in group if col in r]
+            half, std = interval95(values)
+            agg[col] = {"mean": statistics.fmean(values), "std": std, "ci95": half, "values": values}
         out.append(agg)
     return out
 
 
-def markdown(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]]) -> str:
-    cols = ["sae", "seed", "d_sae", "k", "train_tokens"] + [c for c, _, _ in CORE_COLUMNS]
-    lines = [f"# saepipe report: {run}", "", "## Core metrics, one row per SAE and seed", ""]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    lines += ["", "## Mean ± std over seeds", ""]
-    metric_cols = [c for c, _, _ in CORE_COLUMNS]
-    lines += ["| sae | seeds | " + " | ".join(metric_cols) + " |", "|" + "---|" * (len(metric_cols) + 2)]
+def within_noise(a: list[float], b: list[float]) -> bool:
+    """True when seeds cannot tell the two apart (Welch's t-test p ≥ 0.05, or < 2 seeds on a side)."""
+    if len(a) < 2 or len(b) < 2:
+        return True
+    if statistics.stdev(a) == 0 and statistics.stdev(b) == 0:
+        return statistics.fmean(a) == statistics.fmean(b)
+    return bool(stats.ttest_ind(a, b, equal_var=False).pvalue >= 0.05)
+
+
+HIGHER_IS_BETTER = {"mse": False, "ce_with_sae": False, "l0": None, "ce_clean": None, "l2_ratio": None, "dead": False}
+
+
+def markdown(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], run_level: dict[str, Any]) -> str:
+    cols = metric_columns(rows)
+    fact_cols = ["sae", "seed", "trainer", "d_sae", "k", "train_tokens"]
+    lines = [f"# saepipe report: {run}", "", "## One row per SAE, seed and eval variant", ""]
+    lines += ["| " + " | ".join(fact_cols + cols) + " |", "|" + "---|" * len(fact_cols + cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in fact_cols + cols) + " |" for r in rows]
+    lines += ["", "## Mean ± 95% interval over seeds", ""]
+    lines += ["| sae | seeds | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    best: dict[str, dict[str, Any]] = {}
+    for col in cols:
+        direction = HIGHER_IS_BETTER.get(col, True)
+        scored = [a for a in agg if col in a]
+        if direction is not None and scored:
+            best[col] = (max if direction else min)(scored, key=lambda a: a[col]["mean"])
     for a in agg:
-        cells = [f"{a[c]:.4g} ± {a[c + '_std']:.2g}" if c in a else "" for c in metric_cols]
+        cells = []
+        for col in cols:
+            if col not in a:
+                cells.append("")
+                continue
+            m = a[col]
+            cell = f"{m['mean']:.4g} ± {m['ci95']:.2g}"
+            if col in best and best[col] is a:
+                cell = f"**{cell}**"
+            elif col in best and within_noise(m["values"], best[col][col]["values"]):
+                cell += " ≈"
+            cells.append(cell)
         lines.append(f"| {a['sae']} | {a['n_seeds']} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "ce_loss_score = (CE with the hook zero-ablated − CE with the SAE spliced in) / (CE ablated − CE clean):",
-        "1 means the SAE loses nothing, 0 means it is as bad as deleting the residual stream.",
-        "Metrics computed by sae-bench 0.6.0's core functions on held-out documents of the run's corpus.",
+    return "\n".join(lines + ["", notes(cols, run_level)]) + "\n"
+
+
+def notes(cols: list[str], run_level: dict[str, Any]) -> str:
+    """How to read the numbers: noise marks, baselines, definitions."""
+    lines = [
+        "Bold: best mean. ≈: not distinguishable from the best by Welch's t-test over seeds (p ≥ 0.05),",
+        "or fewer than two seeds on a side — then no difference can be claimed.",
     ]
-    return "\n".join(lines) + "\n"
+    if "probe_baseline" in run_level:
+        pb = run_level["probe_baseline"]
+        lines += ["", f"Supervised probe baseline (F1 ceiling, one probe per true feature): {pb['f1']:.4g}"]
+    if any(c.startswith("ce_") for c in cols):
+        lines += [
+            "",
+            "ce_loss_score = (CE with the hook zero-ablated − CE with the SAE spliced in) / (CE ablated − CE clean):",
+            "1 means the SAE loses nothing, 0 means it is as bad as deleting the residual stream.",
+            "Core metrics computed by sae-bench 0.6.0's core functions on held-out documents of the run's corpus.",
+        ]
+    if any(c.startswith("probe_") for c in cols):
+        lines += [
+            "",
+            "probe_llm_acc: logistic probe on the model's own mean-pooled activations (the baseline);",
+            "probe_sae_topK_acc: probe on the K SAE latents whose class means differ most (SAEBench sparse probing),",
+            "averaged over the sae-probes datasets listed in the config.",
+        ]
+    return "\n".join(lines)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    rows = collect(ctx)
+    rows, run_level = collect(ctx)
     agg = aggregate(rows)
     run_name = ctx.stage.params["run"]
-    (ctx.out / "report.md").write_text(markdown(run_name, rows, agg))
-    atomic_write_json(ctx.out / "summary.json", {"run": run_name, "saes": rows, "by_spec": agg})
+    (ctx.out / "report.md").write_text(markdown(run_name, rows, agg, run_level))
+    cols = metric_columns(rows)
+    (ctx.out / "report.html").write_text(report_html.render(run_name, rows, agg, cols, notes(cols, run_level)))
+    atomic_write_json(ctx.out / "summary.json", {"run": run_name, "saes": rows, "by_spec": agg, **run_level})
     return {"saes": len(rows)}

@@ -29,6 +29,8 @@ LOG_FILE = "train_log.json"
 def sae_metadata(ctx: StageContext) -> dict[str, Any]:
     """What sae-lens and sae-bench need to know to run the SAE on the model."""
     cfg = ctx.cfg
+    if cfg.model is None or cfg.data is None:  # a synthetic run: no language model behind the vectors
+        return {"model_name": f"synthetic:{cfg.name}", "hook_name": "synthetic", "saepipe_stage": ctx.stage.label}
     return {
         "model_name": cfg.model.name,
         "hook_name": cfg.model.hook,

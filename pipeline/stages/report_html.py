@@ -1,0 +1,117 @@
+"""The report as one self-contained HTML page: tables across SAEs and seeds, and plots as inline SVG
+(no scripts, no network), so it opens offline from a laptop or a cluster's file browser."""
+
+from __future__ import annotations
+
+import html
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PLOT_METRICS = [
+    "explained_variance",
+    "ce_loss_score",
+    "kl_div_score",
+    "cossim",
+    "f1",
+    "mcc",
+    "uniqueness",
+    "probe_sae_top1_acc",
+]
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+.plots { display: flex; flex-wrap: wrap; gap: 12px; }
+.plots figure { margin: 0; border: 1px solid #eee; }
+.note { color: #555; }
+"""
+
+
+def _svg(fig: Any) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten by another with lower (or equal) L0 and higher (or equal) metric."""
+    front = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def metric_vs_l0(agg: list[dict[str, Any]], metric: str) -> str | None:
+    pts = [(a["sae"], a["l0"], a[metric]) for a in agg if "l0" in a and metric in a]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    for name, l0, m in pts:
+        ax.errorbar(l0["mean"], m["mean"], xerr=l0["ci95"] or None, yerr=m["ci95"] or None, fmt="o", capsize=3, label=name)
+    front = pareto_front([(l0["mean"], m["mean"]) for _, l0, m in pts])
+    ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=0.8, label="Pareto front")
+    ax.set_xlabel("L0 (active latents per token)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs L0 (mean ± 95% CI over seeds)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
+def probing_bars(agg: list[dict[str, Any]]) -> str | None:
+    specs = [a for a in agg if "probe_llm_acc" in a]
+    if not specs:
+        return None
+    ks = sorted({int(c.removeprefix("probe_sae_top").removesuffix("_acc")) for a in specs for c in a if c.startswith("probe_sae_top")})
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    width = 0.8 / max(1, len(specs))
+    for i, a in enumerate(specs):
+        ys = [a[f"probe_sae_top{k}_acc"]["mean"] for k in ks]
+        ax.bar([j + i * width for j in range(len(ks))], ys, width, label=a["sae"])
+    ax.axhline(specs[0]["probe_llm_acc"]["mean"], color="k", ls="--", lw=1, label="model activations (all dims)")
+    ax.set_xticks([j + width * (len(specs) - 1) / 2 for j in range(len(ks))], [f"k={k}" for k in ks])
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0.4, 1.0)
+    ax.set_title("sparse probing: k SAE latents vs the model baseline", fontsize=9)
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def render(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], cols: list[str], markdown_notes: str) -> str:
+    facts = ["sae", "seed", "trainer", "d_sae", "k", "train_tokens"]
+    per_seed = _table(facts + cols, [[html.escape(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, ""))) for c in facts + cols] for r in rows])
+    summary_rows = []
+    for a in agg:
+        cells = [html.escape(a["sae"]), str(a["n_seeds"])]
+        for c in cols:
+            cells.append(f"{a[c]['mean']:.4g} ± {a[c]['ci95']:.2g} <small>(sd {a[c]['std']:.2g})</small>" if c in a else "")
+        summary_rows.append(cells)
+    summary = _table(["sae", "seeds"] + cols, summary_rows)
+    plots = [p for p in (metric_vs_l0(agg, m) for m in PLOT_METRICS) if p] + [p for p in [probing_bars(agg)] if p]
+    figures = "".join(f"<figure>{p}</figure>" for p in plots)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>saepipe report: {html.escape(run)}</title><style>{STYLE}</style></head>
+<body>
+<h1>saepipe report: {html.escape(run)}</h1>
+<h2>Plots</h2><div class="plots">{figures}</div>
+<h2>Mean ± 95% interval over seeds</h2>{summary}
+<h2>One row per SAE, seed and eval variant</h2>{per_seed}
+<h2>Notes</h2><pre class="note">{html.escape(markdown_notes)}</pre>
+</body></html>
+"""

@@ -1,0 +1,123 @@
+"""Spec -> sae-lens `SyntheticModelConfig` / `SyntheticModel`, and deterministic sampling from it.
+
+sae-lens's `SyntheticModel.sample*` draw from torch's *global* RNG. Every draw here runs inside
+`seeded(seed)`, which forks that RNG (leaving the caller's state untouched) and seeds it, so a draw
+depends only on its derived seed: shard i of the training data, the eval samples and the probe
+samples each get their own stream (`derive_seed(spec.seed, purpose, index)`), disjoint from one another.
+Draws are made in fixed-size chunks so peak memory (a dense (chunk, num_features) matrix) stays bounded.
+Samples are reproducible per device type (CPU and CUDA RNGs differ).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from sae_lens.synthetic import (
+    FoldedNormalMagnitudeConfig,
+    HierarchyConfig,
+    LinearMagnitudeConfig,
+    LowRankCorrelationConfig,
+    OrthogonalizationConfig,
+    SyntheticModel,
+    SyntheticModelConfig,
+    ZipfianFiringProbabilityConfig,
+)
+
+from pipeline.synthetic.spec import SyntheticSpec
+
+MODEL_DIR = "model"
+"""Subfolder of a `synthetic_model` artifact holding `SyntheticModel.save` output."""
+MAX_CHUNK_ELEMENTS = 1 << 24
+"""Largest dense (rows x num_features) feature matrix drawn at once (64 MiB of float32)."""
+
+
+def model_config(spec: SyntheticSpec) -> SyntheticModelConfig:
+    """The sae-lens config a spec describes."""
+    h = spec.hierarchy
+    hierarchy = None
+    if h is not None:
+        hierarchy = HierarchyConfig(
+            total_root_nodes=h.n_roots,
+            branching_factor=h.branching,
+            max_depth=h.depth,
+            mutually_exclusive_portion=h.mutually_exclusive,
+            compensate_probabilities=h.compensate_probabilities,
+            scale_children_by_parent=h.scale_children_by_parent,
+        )
+    c, o, m = spec.correlation, spec.orthogonalization, spec.magnitudes
+    return SyntheticModelConfig(
+        num_features=spec.num_features,
+        hidden_dim=spec.hidden_dim,
+        firing_probability=ZipfianFiringProbabilityConfig(
+            exponent=spec.firing.exponent, max_prob=spec.firing.max_prob, min_prob=spec.firing.min_prob
+        ),
+        hierarchy=hierarchy,
+        orthogonalization=None if o is None else OrthogonalizationConfig(num_steps=o.steps, lr=o.lr),
+        correlation=None if c is None else LowRankCorrelationConfig(rank=c.rank, correlation_scale=c.scale, seed=None),
+        mean_firing_magnitudes=LinearMagnitudeConfig(start=m.mean_start, end=m.mean_end),
+        std_firing_magnitudes=FoldedNormalMagnitudeConfig(mean=m.std_mean, std=m.std_std),
+        bias=spec.bias if spec.bias > 0 else False,
+        dtype="float32",
+        seed=spec.seed,
+    )
+
+
+def device() -> str:
+    """Where synthetic models run: $SAEPIPE_SYNTH_DEVICE, else CUDA when present, else CPU.
+    Not part of any stage key (like `model.device`)."""
+    return os.environ.get("SAEPIPE_SYNTH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(spec: SyntheticSpec, on: str | None = None) -> SyntheticModel:
+    return SyntheticModel(model_config(spec), device=on or device())
+
+
+def load_model(artifact: Path, on: str | None = None) -> SyntheticModel:
+    """The model saved in a `synthetic_model` artifact folder."""
+    return SyntheticModel.load_from_disk(artifact / MODEL_DIR, device=on or device())
+
+
+def derive_seed(base: int, purpose: str, index: int = 0) -> int:
+    """A 63-bit seed for one independent stream (e.g. ('train', shard 3), ('eval', 0))."""
+    digest = hashlib.sha256(f"{base}:{purpose}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global RNG (CPU and CUDA) for the block; the caller's RNG state is restored after."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def chunk_rows(model: SyntheticModel) -> int:
+    return max(1, min(8192, MAX_CHUNK_ELEMENTS // model.cfg.num_features))
+
+
+@torch.no_grad()
+def sample_chunks(model: SyntheticModel, n: int, seed: int, with_features: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """`n` samples in chunks of `chunk_rows(model)`, drawn from one stream seeded with `seed`:
+    (hidden (rows, hidden_dim), feature activations (rows, num_features) or None)."""
+    step = chunk_rows(model)
+    with seeded(seed):
+        for first in range(0, n, step):
+            rows = min(step, n - first)
+            if with_features:
+                hidden, feats = model.sample_with_features(rows)
+                yield hidden, feats
+            else:
+                yield model.sample(rows), None
+
+
+def sample(model: SyntheticModel, n: int, seed: int, with_features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    parts = list(sample_chunks(model, n, seed, with_features))
+    hidden = torch.cat([h for h, _ in parts])
+    feats = torch.cat([f for _, f in parts]) if with_features else None  # type: ignore[misc]
+    return hidden, feats
