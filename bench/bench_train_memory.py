@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,9 +42,7 @@ print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 
 
 def fake_cache(folder: Path, n_rows: int) -> Path:
-    """A complete `activations` artifact of Gaussian rows (committed through the store)."""
-    from pipeline.artifacts import ArtifactStore
-
+    """The staged payload of an `activations` artifact, filled with Gaussian rows."""
     staging = folder / "staging"
     (staging / SHARD_DIR).mkdir(parents=True)
     rng = np.random.default_rng(0)

@@ -150,10 +150,11 @@ class SparseProbingSpec(Strict):
     on the real probing datasets shipped in the `sae-probes` package."""
 
     enabled: bool = False
-    datasets: list[str] = Field(default_factory=lambda: ["139_news_class_Politics", "56_wikidatasex_or_gender"], min_length=1)
+    datasets: list[str] = Field(default_factory=lambda: ["96_spam_is", "139_news_class_Politics"], min_length=1)
     n_train: PositiveInt = 400
     n_test: PositiveInt = 200
-    k_values: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 5, 10, 20], min_length=1)
+    k_values: list[Literal[1, 2, 5, 10, 20, 50, 100]] = Field(default_factory=lambda: [1, 2, 5, 10, 20], min_length=1)
+    """SAEBench's JSON has fields for these k only."""
     context_size: PositiveInt = 128
     batch_size: PositiveInt = 8
     seed: int = 42

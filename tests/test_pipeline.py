@@ -21,13 +21,14 @@ from pipeline.executors.local import Outcome, run_local
 from pipeline.executors.stage_runner import execute
 from pipeline.plan import build_plan, select
 from pipeline.progress import Reporter
-from tests.conftest import REPO, tiny_config, write_config
+from tests.conftest import REPO, TINY, tiny_config, write_config
 
 QUIET = Reporter(enabled=False)
 
 
 def two_sae_config(lr_a: float = 1e-3) -> PipelineConfig:
-    cfg = tiny_config()
+    probing = {"enabled": True, "datasets": ["96_spam_is"], "n_train": 40, "n_test": 20, "context_size": 32, "k_values": [1, 5]}
+    cfg = tiny_config(evals={"core": TINY["evals"]["core"], "sparse_probing": probing})
     cfg["saes"] = [
         {"name": "a", "trainer": "sae_lens", "d_sae": 256, "k": 8, "batch_size": 256, "lr": lr_a, "train_tokens": 40_000},
         {"name": "b", "d_sae": 128, "k": 8, "batch_size": 256, "lr": 1e-3, "train_tokens": 40_000,
@@ -53,9 +54,13 @@ def test_first_run_computes_everything_and_writes_report(first_run) -> None:
     assert set(statuses(outcomes).values()) == {"ran"}, statuses(outcomes)
     report = (store.root / "tiny" / "report.md").read_text()
     assert "| a | 0 | sae_lens | 256 | 8 |" in report and "| b | 0 | saepipe | 128 | 8 |" in report
+    page = (store.root / "tiny" / "report.html").read_text()
+    assert page.count("<svg") >= 3 and "explained_variance vs L0" in page and "<script" not in page
     summary = json.loads((store.root / "tiny" / "summary.json").read_text())
     rows = {r["sae"]: r for r in summary["saes"]}
     for row in rows.values():
+        assert 0.8 < row["probe_llm_acc"] <= 1.0  # spam vs not-spam is easy even at layer 3
+        assert 0.5 <= row["probe_sae_top5_acc"] <= 1.0
         assert 0.0 < row["explained_variance"] < 1.0
         assert 0.5 < row["cossim"] <= 1.0
         assert row["ce_clean"] < row["ce_with_sae"]  # splicing an SAE in costs something
@@ -98,7 +103,9 @@ def test_editing_one_hyperparameter_recomputes_only_that_sae(first_run) -> None:
         "train:a-s0": "ran",
         "train:b-s0": "cached",
         "eval_core:a-s0": "ran",
+        "eval_sparse_probing:a-s0": "ran",
         "eval_core:b-s0": "cached",
+        "eval_sparse_probing:b-s0": "cached",
         "report": "ran",
     }
 
@@ -107,7 +114,7 @@ def test_force_recomputes_stage_and_dependents(first_run) -> None:
     store, cfg, _ = first_run
     stages = build_plan(cfg)
     got = statuses(run_local(cfg, stages, store, select(stages, "train:b-s0"), QUIET))
-    assert [k for k, v in got.items() if v == "ran"] == ["train:b-s0", "eval_core:b-s0", "report"]
+    assert [k for k, v in got.items() if v == "ran"] == ["train:b-s0", "eval_core:b-s0", "eval_sparse_probing:b-s0", "report"]
     assert list((store.root / "train" / ".trash").iterdir())  # the old artifact was set aside, not deleted
 
 

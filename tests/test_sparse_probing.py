@@ -21,7 +21,6 @@ from sae_bench.sae_bench_utils import activation_collection
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
 import evals.sparse_probing as sp
-import pipeline.plan as plan
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import parse_config
 from pipeline.executors.stage_runner import execute
@@ -32,8 +31,8 @@ from pipeline.stages.context import StageContext
 from tests.conftest import tiny_config
 
 QUIET = Reporter(enabled=False)
-EASY = "96_spam_is"  # spam vs ham SMS: lexical, easy at layer 3 (LLM probe ~0.97 with 200 prompts)
-SECOND = "139_news_class_Politics"  # harder (~0.85): exercises the mean over datasets
+EASY = "96_spam_is"  # spam vs ham SMS: lexical, easy at layer 3 (LLM probe ~0.98 with 200 prompts)
+SECOND = "139_news_class_Politics"  # harder (LLM probe ~0.83 at context 32): exercises the mean over datasets
 
 
 # --- (a) unit: selection and pooling on hand-made tensors -----------------------------------------
@@ -135,18 +134,7 @@ def test_split_is_balanced_disjoint_and_deterministic() -> None:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread for this module's forward passes. On a shared, busy 2-core machine two intra-op
-    threads wait on each other at every small op: a 96x32-token forward took 24 s with 2 threads at
-    batch 8 and 1.3 s with 1. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(shared_artifacts: Path, one_thread) -> tuple:
+def tiny_run(shared_artifacts: Path) -> tuple:
     """The tiny config's activations and train stages, run in-process (cached across test modules)."""
     cfg = parse_config(tiny_config())
     store = ArtifactStore(shared_artifacts)
@@ -168,11 +156,6 @@ def make_ctx(cfg, store: ArtifactStore, stage: Stage) -> StageContext:
     return StageContext(
         stage, cfg, store, store.staging_dir(stage.kind, stage.key), store.work_dir(stage.kind, stage.key), QUIET
     )
-
-
-@pytest.fixture(autouse=True)
-def stage_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(plan.STAGE_VERSIONS, "eval_sparse_probing", 1)
 
 
 def test_tokenize_puts_one_bos_in_front_like_training_contexts(tiny_run) -> None:
@@ -244,7 +227,11 @@ def test_matches_saebench_run_eval_single_dataset(tiny_run, monkeypatch: pytest.
     assert list(ours) == list(ref)  # same metrics, same order
     diffs = {key: abs(ours[key] - ref[key]) for key in ref}
     assert max(diffs.values()) <= 0.01, diffs
-    assert ours_per_class == ref_per_class  # identical in practice: same calls, same draws
+    # Per class too (40 test prompts: one prompt is 0.025, so <= 0.01 means identical): same calls, same draws.
+    assert ours_per_class.keys() == ref_per_class.keys()
+    for key, accs in ref_per_class.items():
+        assert accs.keys() == ours_per_class[key].keys()
+        assert all(abs(ours_per_class[key][c] - a) <= 0.01 for c, a in accs.items()), (key, accs, ours_per_class[key])
 
 
 # --- (c) the stage end to end ------------------------------------------------------------------------
@@ -284,7 +271,7 @@ def test_stage_writes_saebench_sparse_probing_json(tiny_run) -> None:
         assert metrics[side][f"{side}_top_50_test_accuracy"] is None  # not asked for
 
     easy = details[f"{EASY}_results"]
-    assert easy["llm_test_accuracy"] > 0.85, easy  # ~0.97 seen
+    assert easy["llm_test_accuracy"] > 0.85, easy  # 0.985 seen
     assert out["eval_result_unstructured"]["per_dataset_extras"][EASY]["llm_sklearn_test_accuracy"] > 0.85
     assert easy["llm_top_20_test_accuracy"] > 0.7, easy
     assert easy["sae_top_20_test_accuracy"] > 0.6, easy  # a 6000-token SAE still finds spam latents

@@ -141,7 +141,17 @@ def within_noise(a: list[float], b: list[float]) -> bool:
     return bool(stats.ttest_ind(a, b, equal_var=False).pvalue >= 0.05)
 
 
-HIGHER_IS_BETTER = {"mse": False, "ce_with_sae": False, "l0": None, "ce_clean": None, "l2_ratio": None, "dead": False}
+# Which way is better for each metric (None: not a score, e.g. L0 is chosen, not won); default higher.
+HIGHER_IS_BETTER = {
+    "mse": False,
+    "ce_with_sae": False,
+    "dead_latents": False,
+    "l0": None,
+    "ce_clean": None,
+    "l2_ratio": None,
+    "true_l0": None,
+    "shrinkage": None,
+}
 
 
 def markdown(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], run_level: dict[str, Any]) -> str:
@@ -182,8 +192,12 @@ def notes(cols: list[str], run_level: dict[str, Any]) -> str:
         "or fewer than two seeds on a side — then no difference can be claimed.",
     ]
     if "probe_baseline" in run_level:
-        pb = run_level["probe_baseline"]
-        lines += ["", f"Supervised probe baseline (F1 ceiling, one probe per true feature): {pb['f1']:.4g}"]
+        pb = run_level["probe_baseline"]["metrics"]
+        lines += [
+            "",
+            f"Supervised probe baseline (the F1 ceiling: one logistic probe per true feature): F1 {pb['f1']:.4g}.",
+            "SAE F1 averages over latents (each matched to its best-cosine true feature), the probe's over features.",
+        ]
     if any(c.startswith("ce_") for c in cols):
         lines += [
             "",

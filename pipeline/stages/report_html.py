@@ -31,6 +31,7 @@ th { background: #f3f3f3; }
 .plots { display: flex; flex-wrap: wrap; gap: 12px; }
 .plots figure { margin: 0; border: 1px solid #eee; }
 .note { color: #555; }
+.wide { overflow-x: auto; }
 """
 
 
@@ -45,7 +46,7 @@ def _svg(fig: Any) -> str:
 def _table(header: list[str], body: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -38,7 +38,7 @@ class HierarchySpec(_Strict):
 
     n_roots: PositiveInt = 16
     branching: Annotated[int, Field(ge=2)] = 4
-    depth: PositiveInt = 3
+    depth: PositiveInt = 2
     mutually_exclusive: float = Field(1.0, ge=0.0, le=1.0)
     """Fraction of parents whose children are mutually exclusive (1.0 = all, the published setting)."""
     scale_children_by_parent: bool = True
@@ -74,7 +74,7 @@ class SyntheticSpec(_Strict):
     """The ground-truth model: features, how they fire and how they are embedded."""
 
     num_features: PositiveInt = 2048
-    hidden_dim: PositiveInt = 192
+    hidden_dim: PositiveInt = 128
     firing: ZipfFiringSpec = ZipfFiringSpec()
     hierarchy: HierarchySpec | None = HierarchySpec()
     correlation: CorrelationSpec | None = CorrelationSpec()

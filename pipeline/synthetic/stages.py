@@ -1,0 +1,116 @@
+"""Stages `synthetic_model` and `activations` (synthetic flavour).
+
+`synthetic_model` (no inputs) builds the ground-truth model from `cfg.synthetic` and saves it with
+sae-lens's `SyntheticModel.save` into `<artifact>/model/` (the published 16k model takes ~26 min to
+orthogonalise on CPU, so it is built once and shared by everything downstream).
+
+`activations` (input "synthetic_model") samples `cfg.activations.n_tokens` hidden vectors and writes
+them as the same Parquet shards as the language-model stage, so `train` reads them unchanged:
+  * a "context" is a block of ROWS_PER_CONTEXT = 1024 samples, so a shard holds
+    `contexts_per_shard * 1024` rows (the last one fewer); `shards.json` records hook "synthetic",
+    context_size = rows_per_context = 1024;
+  * columns: token_id 0, seq_id = block index, pos = position in the block (so the sample index is
+    seq_id * 1024 + pos);
+  * shard i is drawn from its own seeded stream (`derive_seed(spec.seed, "train", i)`), so a shard's
+    content does not depend on which shards were written before: the stage resumes after a kill from
+    `<work>/done.json` exactly as the language-model stage does (same helper) and gives identical shards.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.data.shards import SHARD_DIR, ShardIndex, write_shard
+from pipeline.fsutil import atomic_write_json
+from pipeline.stages.activations import DONE_FILE, _resume_point
+from pipeline.stages.context import StageContext
+from pipeline.synthetic.model import MODEL_DIR, build_model, derive_seed, load_model, sample, sample_chunks
+from pipeline.synthetic.spec import SyntheticSpec
+
+ROWS_PER_CONTEXT = 1024
+HOOK = "synthetic"
+SUMMARY_SAMPLES = 8192
+
+
+def _spec(ctx: StageContext) -> SyntheticSpec:
+    spec = getattr(ctx.cfg, "synthetic", None)
+    if spec is None:
+        raise ValueError(f"{ctx.stage.label}: the config has no `synthetic:` section")
+    return spec
+
+
+def run_model(ctx: StageContext) -> dict[str, Any]:
+    spec = _spec(ctx)
+    started = time.perf_counter()
+    ctx.reporter.log(f"synthetic_model: building {spec.num_features} features in {spec.hidden_dim} dims")
+    model = build_model(spec)
+    built = time.perf_counter() - started
+    model.save(ctx.out / MODEL_DIR)
+    _, feats = sample(model, SUMMARY_SAMPLES, derive_seed(spec.seed, "summary"), with_features=True)
+    assert feats is not None
+    probs = model.activation_generator.firing_probabilities
+    return {
+        "num_features": spec.num_features,
+        "hidden_dim": spec.hidden_dim,
+        "true_l0_estimate": float((feats > 0).sum(1).float().mean()),
+        "expected_l0_without_hierarchy": float(probs.sum()),
+        "build_seconds": round(built, 2),
+    }
+
+
+def run_activations(ctx: StageContext) -> dict[str, Any]:
+    spec, acts = _spec(ctx), ctx.cfg.activations
+    model = load_model(ctx.input_dir("synthetic_model"))
+    d_in = spec.hidden_dim
+    n_rows = acts.n_tokens
+    rows_per_shard = acts.contexts_per_shard * ROWS_PER_CONTEXT
+    n_shards = math.ceil(n_rows / rows_per_shard)
+    np_dtype = np.float16 if acts.dtype == "float16" else np.float32
+
+    done = _resume_point(ctx.work)
+    if done:
+        ctx.reporter.log(f"activations: resuming after {len(done)} complete shards ({sum(s.rows for s in done)} samples)")
+    with ctx.reporter.bar("sampling synthetic activations", total=n_rows, unit="vec", completed=sum(s.rows for s in done)) as bar:
+        for shard_i in range(len(done), n_shards):
+            first = shard_i * rows_per_shard
+            want = min(rows_per_shard, n_rows - first)
+            parts = []
+            for hidden, _ in sample_chunks(model, want, derive_seed(spec.seed, "train", shard_i)):
+                parts.append(hidden.float().cpu().numpy().astype(np_dtype, copy=False))
+                bar.advance(hidden.shape[0])
+            index = np.arange(first, first + want)
+            info = write_shard(
+                ctx.work,
+                shard_i,
+                np.concatenate(parts),
+                np.zeros(want, dtype=np.int64),
+                index // ROWS_PER_CONTEXT,
+                index % ROWS_PER_CONTEXT,
+            )
+            done.append(info)
+            atomic_write_json(ctx.work / DONE_FILE, [vars(s) for s in done])
+
+    (ctx.out / SHARD_DIR).mkdir()
+    for info in done:
+        shutil.move(str(ctx.work / info.file), ctx.out / SHARD_DIR / info.file)
+    shard_index = ShardIndex(
+        d_in=d_in,
+        dtype=acts.dtype,
+        hook=HOOK,
+        context_size=ROWS_PER_CONTEXT,
+        rows_per_context=ROWS_PER_CONTEXT,
+        shards=done,
+    )
+    shard_index.save(ctx.out)
+    return {"tokens": shard_index.total_rows, "shards": len(done), "d_in": d_in}
+
+
+def load_synthetic_model(ctx: StageContext, name: str = "synthetic_model") -> Any:
+    """The SyntheticModel of an input artifact (for the evals)."""
+    return load_model(ctx.input_dir(name))
+
