@@ -8,10 +8,7 @@ skips that many contexts of the (deterministic) token stream and goes on from th
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,27 +16,10 @@ import torch
 
 from pipeline.data.contexts import token_contexts
 from pipeline.data.corpora import documents
-from pipeline.data.shards import SHARD_DIR, ShardIndex, ShardInfo, write_shard
-from pipeline.fsutil import atomic_write_json
+from pipeline.data.shard_progress import finished_shards, publish_shards, record_finished
+from pipeline.data.shards import write_shard
 from pipeline.models.cache import get_model
 from pipeline.stages.context import StageContext
-
-DONE_FILE = "done.json"
-
-
-def _resume_point(work: Path) -> list[ShardInfo]:
-    """Shards finished before a crash, keeping only a prefix whose files are whole."""
-    path = work / DONE_FILE
-    if not path.exists():
-        return []
-    done = []
-    for raw in json.loads(path.read_text()):
-        info = ShardInfo(**raw)
-        f = work / info.file
-        if not f.exists() or f.stat().st_size != info.bytes:
-            break
-        done.append(info)
-    return done
 
 
 @torch.no_grad()
@@ -64,7 +44,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     n_contexts = math.ceil(spec.n_tokens / rows_per_context)
     n_shards = math.ceil(n_contexts / spec.contexts_per_shard)
 
-    done = _resume_point(ctx.work)
+    done = finished_shards(ctx.work)
     start_ctx = len(done) * spec.contexts_per_shard
     if done:
         ctx.reporter.log(f"activations: resuming after {len(done)} complete shards ({start_ctx} contexts)")
@@ -100,18 +80,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 np.tile(np.arange(skip, data.context_size), want),
             )
             done.append(info)
-            atomic_write_json(ctx.work / DONE_FILE, [vars(s) for s in done])
+            record_finished(ctx.work, done)
 
-    (ctx.out / SHARD_DIR).mkdir()
-    for info in done:
-        shutil.move(str(ctx.work / info.file), ctx.out / SHARD_DIR / info.file)
-    index = ShardIndex(
+    index = publish_shards(
+        ctx.work,
+        ctx.out,
+        done,
         d_in=d_in,
         dtype=spec.dtype,
         hook=cfg.model.hook,
         context_size=data.context_size,
         rows_per_context=rows_per_context,
-        shards=done,
     )
-    index.save(ctx.out)
     return {"tokens": index.total_rows, "shards": len(done), "d_in": d_in}

@@ -19,15 +19,13 @@ them as the same Parquet shards as the language-model stage, so `train` reads th
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from typing import Any
 
 import numpy as np
 
-from pipeline.data.shards import SHARD_DIR, ShardIndex, write_shard
-from pipeline.fsutil import atomic_write_json
-from pipeline.stages.activations import DONE_FILE, _resume_point
+from pipeline.data.shards import write_shard
+from pipeline.data.shard_progress import finished_shards, publish_shards, record_finished
 from pipeline.stages.context import StageContext
 from pipeline.synthetic.model import MODEL_DIR, build_model, derive_seed, load_model, sample, sample_chunks
 from pipeline.synthetic.spec import SyntheticSpec
@@ -72,7 +70,7 @@ def run_activations(ctx: StageContext) -> dict[str, Any]:
     n_shards = math.ceil(n_rows / rows_per_shard)
     np_dtype = np.float16 if acts.dtype == "float16" else np.float32
 
-    done = _resume_point(ctx.work)
+    done = finished_shards(ctx.work)
     if done:
         ctx.reporter.log(f"activations: resuming after {len(done)} complete shards ({sum(s.rows for s in done)} samples)")
     with ctx.reporter.bar("sampling synthetic activations", total=n_rows, unit="vec", completed=sum(s.rows for s in done)) as bar:
@@ -93,20 +91,18 @@ def run_activations(ctx: StageContext) -> dict[str, Any]:
                 index % ROWS_PER_CONTEXT,
             )
             done.append(info)
-            atomic_write_json(ctx.work / DONE_FILE, [vars(s) for s in done])
+            record_finished(ctx.work, done)
 
-    (ctx.out / SHARD_DIR).mkdir()
-    for info in done:
-        shutil.move(str(ctx.work / info.file), ctx.out / SHARD_DIR / info.file)
-    shard_index = ShardIndex(
+    shard_index = publish_shards(
+        ctx.work,
+        ctx.out,
+        done,
         d_in=d_in,
         dtype=acts.dtype,
         hook=HOOK,
         context_size=ROWS_PER_CONTEXT,
         rows_per_context=ROWS_PER_CONTEXT,
-        shards=done,
     )
-    shard_index.save(ctx.out)
     return {"tokens": shard_index.total_rows, "shards": len(done), "d_in": d_in}
 
 
