@@ -24,8 +24,12 @@ are drawn disjoint and class-balanced with sae-probes' ``get_train_test_indices`
 rows, sae-probes' ``MAX_AMT``). These are not SAEBench's default sparse-probing datasets (bias_in_bios,
 amazon, ag_news, ... from the HF hub); the JSON says so in ``eval_result_unstructured``.
 
-Memory: activations are pooled batch by batch, so only the pooled [n, d_model] and [n, d_sae] matrices
-are ever held, never [n, context, d]. Nothing big is persisted: the artifact is one JSON file.
+Sharing and memory: ``prepare`` runs once per (model, hook, dataset) as an ``eval_prep`` stage. It
+stores the per-token activations of every prompt ([n, context, d_model], masked positions zeroed) in
+bounded chunks, and the model-side probes, which no SAE changes. Each SAE's ``evaluate`` streams those
+activations batch by batch through its encoder and pools, so only the pooled [n, d_sae] matrices are
+held, and the model is never loaded. The torch RNG state after the model-side probes is stored too, so
+the SAE probes draw the random numbers SAEBench's single sequence would (parity is tested).
 
 Known SAEBench conventions kept on purpose (see the module's tests):
 
@@ -44,7 +48,6 @@ import io
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import version
 from typing import Any
@@ -62,9 +65,8 @@ from sae_bench.evals.sparse_probing.eval_output import (
 )
 from sae_bench.sae_bench_utils import activation_collection, dataset_utils, general_utils
 
-from evals.core import load_trained_sae
-from pipeline.models.cache import get_model
-from pipeline.stages.context import StageContext
+from evals.prepared import EvalEnv, Prepared, TensorSink
+from pipeline.config import SparseProbingSpec
 
 RESULT_FILE = "sparse_probing.json"
 MAX_ROWS = 5000
@@ -78,49 +80,6 @@ DATA_SOURCE = (
 EXAMPLE_DATASETS = ("96_spam_is", "139_news_class_Politics", "113_movie_sent", "92_glue_sst2", "5_hist_fig_ismale")
 # SAEBench's settings for the full-width probes (sparse_probing/main.py::run_eval_single_dataset).
 FULL_PROBE = {"use_sklearn": False, "batch_size": 250, "epochs": 100, "lr": 1e-2}
-
-
-@dataclass(frozen=True)
-class SparseProbingParams:
-    datasets: list[str]
-    n_train: int = 400
-    """Training prompts per dataset, both classes together (SAEBench's probe_train_set_size)."""
-    n_test: int = 200
-    k_values: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])
-    context_size: int = 128
-    batch_size: int = 8
-    """Prompts per forward pass (SAEBench's llm_batch_size)."""
-    seed: int = 42
-    """Seeds the train/test draw (sae-probes' sampler) and torch before each dataset's probes."""
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> SparseProbingParams:
-        known = set(cls.__dataclass_fields__)
-        raw = {k: v for k, v in raw.items() if k != "enabled"}  # a config section's on/off switch
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"evals.sparse_probing: unknown keys {unknown}; known keys are {sorted(known)}")
-        if "datasets" not in raw or not raw["datasets"]:
-            raise ValueError("evals.sparse_probing.datasets: give at least one sae-probes dataset name")
-        p = cls(**raw)
-        for name in ("n_train", "n_test"):
-            n = getattr(p, name)
-            if n < 4 or n % 2:
-                raise ValueError(
-                    f"evals.sparse_probing.{name}={n}: must be an even number >= 4 (classes are balanced, n/2 each)"
-                )
-        for name in ("context_size", "batch_size"):
-            if getattr(p, name) < 1:
-                raise ValueError(f"evals.sparse_probing.{name} must be positive")
-        bad_k = [k for k in p.k_values if k not in SCHEMA_K_VALUES]
-        if bad_k or not p.k_values:
-            raise ValueError(
-                f"evals.sparse_probing.k_values={p.k_values}: each k must be one of {list(SCHEMA_K_VALUES)} "
-                "(the k values SAEBench's sparse_probing JSON schema has fields for)"
-            )
-        if len(set(p.k_values)) != len(p.k_values):
-            raise ValueError(f"evals.sparse_probing.k_values={p.k_values}: repeated values")
-        return p
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -184,12 +143,8 @@ def pool_llm_and_sae(acts_BLD: torch.Tensor, sae: Any) -> tuple[torch.Tensor, to
     """Mean over unmasked tokens of the LLM activations and of the SAE latents, by SAEBench's functions
     (``create_meaned_model_activations``, ``get_sae_meaned_activations``). ``acts_BLD`` must have its
     masked tokens zeroed, as ``get_llm_activations(mask_bos_pad_eos_tokens=True)`` returns them."""
-    llm_BD = activation_collection.create_meaned_model_activations({"x": acts_BLD})["x"]
+    llm_BD = pool_llm(acts_BLD)
     sae_BF = activation_collection.get_sae_meaned_activations({"x": acts_BLD}, sae, max(1, len(acts_BLD)))["x"]
-    empty = ~torch.isfinite(llm_BD).all(dim=1)  # 0 unmasked tokens: SAEBench's mean is 0/0
-    if empty.any():
-        rows = torch.nonzero(empty).flatten().tolist()
-        raise ValueError(f"prompt(s) at batch rows {rows} have no token left after masking BOS/EOS/pad")
     return llm_BD, sae_BF
 
 
@@ -299,6 +254,36 @@ def train_probes(
     return accs
 
 
+def llm_probes(
+    llm_train: dict[str, torch.Tensor], llm_test: dict[str, torch.Tensor], k_values: list[int]
+) -> dict[str, dict[str, float]]:
+    """The model-side half of SAEBench's probe sequence: full-width probe, then top-k probes."""
+    out = {"llm_test_accuracy": train_probes(llm_train, llm_test, None, **FULL_PROBE)}
+    for k in k_values:
+        out[f"llm_top_{k}_test_accuracy"] = train_probes(llm_train, llm_test, select_top_k=k)
+    return out
+
+
+def sae_probes(
+    sae_train: dict[str, torch.Tensor], sae_test: dict[str, torch.Tensor], k_values: list[int]
+) -> dict[str, dict[str, float]]:
+    """The SAE-side half: full-width probe on all latents, then k-sparse probes."""
+    out = {"sae_test_accuracy": train_probes(sae_train, sae_test, None, **FULL_PROBE)}
+    for k in k_values:
+        out[f"sae_top_{k}_test_accuracy"] = train_probes(sae_train, sae_test, select_top_k=k)
+    return out
+
+
+def in_saebench_order(llm: dict[str, dict[str, float]], sae: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """SAEBench's key order: sae full, llm full, llm top-k..., sae top-k..."""
+    rest = {k: v for k, v in sae.items() if k != "sae_test_accuracy"}
+    return {"sae_test_accuracy": sae["sae_test_accuracy"], **llm, **rest}
+
+
+def class_means(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {key: sum(accs.values()) / len(accs) for key, accs in per_class.items()}
+
+
 def probe_dataset(
     llm_train: dict[str, torch.Tensor],
     llm_test: dict[str, torch.Tensor],
@@ -307,18 +292,10 @@ def probe_dataset(
     k_values: list[int],
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """SAEBench's probe sequence (``run_eval_single_dataset``): same probes, same order, so from the same
-    torch seed the same random draws. Returns (metric -> mean over classes, metric -> class -> acc),
-    keys in SAEBench's order."""
-    per_class: dict[str, dict[str, float]] = {}
-    llm: dict[str, dict[str, float]] = {"llm_test_accuracy": train_probes(llm_train, llm_test, None, **FULL_PROBE)}
-    for k in k_values:
-        llm[f"llm_top_{k}_test_accuracy"] = train_probes(llm_train, llm_test, select_top_k=k)
-    per_class["sae_test_accuracy"] = train_probes(sae_train, sae_test, None, **FULL_PROBE)
-    per_class.update(llm)
-    for k in k_values:
-        per_class[f"sae_top_{k}_test_accuracy"] = train_probes(sae_train, sae_test, select_top_k=k)
-    means = {key: sum(accs.values()) / len(accs) for key, accs in per_class.items()}
-    return means, per_class
+    torch seed the same random draws. Returns (metric -> mean over classes, metric -> class -> acc)."""
+    llm = llm_probes(llm_train, llm_test, k_values)
+    per_class = in_saebench_order(llm, sae_probes(sae_train, sae_test, k_values))
+    return class_means(per_class), per_class
 
 
 def sklearn_full_probe(train: dict[str, torch.Tensor], test: dict[str, torch.Tensor]) -> float:
@@ -337,59 +314,120 @@ def selected_latents(train: dict[str, torch.Tensor], k_values: list[int]) -> dic
     return {str(k): top_k_latents(acts, labels, k) for k in k_values}
 
 
-# --- stage --------------------------------------------------------------------------------------------
+# --- prepare (once per model, hook and dataset) / evaluate (per SAE) ---------------------------------
+
+SPLITS = ("train", "test")
+CLASSES = ("1", "0")
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
-    p = SparseProbingParams.from_dict(dict(ctx.stage.params["sparse_probing"]))
-    check_dataset_names(p.datasets)  # before the model loads: a typo fails in a second
-    model, tokenizer = get_model(ctx.cfg.model)
-    sae = load_trained_sae(ctx)
-    hook, layer, device = ctx.cfg.model.hook, ctx.cfg.model.layer, ctx.cfg.model.device
-    sae_hook = sae.cfg.metadata.hook_name
-    if sae_hook != hook:
-        raise ValueError(f"{ctx.stage.label}: the SAE was trained on {sae_hook!r}, the config hooks {hook!r}")
+def acts_name(dataset: str, split: str, cls: str) -> str:
+    return f"{dataset}/{split}/{cls}/acts"
 
+
+@torch.no_grad()
+def pool_llm(acts_BLD: torch.Tensor) -> torch.Tensor:
+    """SAEBench's mean over unmasked tokens of the model's activations (masked tokens are zero)."""
+    llm_BD = activation_collection.create_meaned_model_activations({"x": acts_BLD})["x"]
+    empty = ~torch.isfinite(llm_BD).all(dim=1)  # 0 unmasked tokens: SAEBench's mean is 0/0
+    if empty.any():
+        rows = torch.nonzero(empty).flatten().tolist()
+        raise ValueError(f"prompt(s) at batch rows {rows} have no token left after masking BOS/EOS/pad")
+    return llm_BD
+
+
+def prepare(env: EvalEnv, p: SparseProbingSpec, sink: TensorSink) -> dict[str, Any]:
+    """Per dataset: per-token model activations of the train/test prompts (BOS/EOS/pad zeroed, as
+    SAEBench masks them), and the model-side probes, which no SAE changes. The torch RNG state after
+    those probes is kept so each SAE's probes draw exactly what SAEBench's single sequence would."""
+    check_dataset_names(p.datasets)  # before the model loads: a typo fails in seconds
+    model, tokenizer = env.model()
+    spec = env.model_spec
+    meta: dict[str, Any] = {}
+    with env.reporter.bar("sparse probing: model activations", total=len(p.datasets), unit="dataset") as bar:
+        for name in p.datasets:
+            train_text, test_text = load_split(name, p.n_train, p.n_test, p.seed)
+            pooled: dict[str, dict[str, torch.Tensor]] = {}
+            for split, text in zip(SPLITS, (train_text, test_text), strict=True):
+                tok = tokenize(text, tokenizer, p.context_size, spec.device, env.prepend_bos)
+                pooled[split] = {}
+                for cls in CLASSES:
+                    parts = []
+                    tokens = tok[cls]["input_ids"]
+                    for i in range(0, len(tokens), p.batch_size):
+                        acts = activation_collection.get_llm_activations(
+                            tokens[i : i + p.batch_size], model, p.batch_size, spec.layer, spec.hook,
+                            mask_bos_pad_eos_tokens=True, show_progress=False,
+                        )  # fmt: skip
+                        sink.append(acts_name(name, split, cls), acts)
+                        parts.append(pool_llm(acts))
+                    pooled[split][cls] = torch.cat(parts)
+            bar.advance(0, extra=f"{name}: model probes")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(p.seed)
+                llm = llm_probes(pooled["train"], pooled["test"], list(p.k_values))
+                sink.put(f"{name}/rng_after_llm_probes", torch.get_rng_state())
+            meta[name] = {
+                "llm_per_class": llm,
+                "llm_sklearn_test_accuracy": sklearn_full_probe(pooled["train"], pooled["test"]),
+                "n_train_per_class": {c: len(v) for c, v in train_text.items()},
+                "n_test_per_class": {c: len(v) for c, v in test_text.items()},
+            }
+            bar.advance(1, extra=f"{name}: llm {class_means(llm)['llm_test_accuracy']:.3f}")
+    return meta
+
+
+@torch.no_grad()
+def sae_pooled(prepared: Prepared, name: str, split: str, sae: Any, batch_size: int) -> dict[str, torch.Tensor]:
+    """Pooled SAE latents per class, streamed batch by batch from the cached activations
+    (SAEBench's ``get_sae_meaned_activations``: latents at masked tokens are multiplied away)."""
+    out = {}
+    for cls in CLASSES:
+        parts = [
+            activation_collection.get_sae_meaned_activations({"x": acts}, sae, batch_size)["x"]
+            for acts in prepared.batches(acts_name(name, split, cls), batch_size)
+        ]
+        out[cls] = torch.cat(parts)
+    return out
+
+
+def evaluate(
+    prepared: dict[str, Prepared], sae: Any, env: EvalEnv, p: SparseProbingSpec
+) -> tuple[SparseProbingEvalOutput, dict[str, Any]]:
     started = time.perf_counter()
     dataset_results: dict[str, dict[str, float]] = {}
     per_class_results: dict[str, dict[str, dict[str, float]]] = {}
     extras: dict[str, dict[str, Any]] = {}
-    with ctx.reporter.bar(f"sparse probing {ctx.stage.label}", total=len(p.datasets), unit="dataset") as bar:
+    with env.reporter.bar(f"sparse probing {env.label}", total=len(p.datasets), unit="dataset") as bar:
         for name in p.datasets:
-            bar.advance(0, extra=f"{name}: forward passes")
-            train_text, test_text = load_split(name, p.n_train, p.n_test, p.seed)
-            pooled = []
-            for split in (train_text, test_text):
-                tok = tokenize(split, tokenizer, p.context_size, device, ctx.cfg.data.prepend_bos)
-                pooled.append(pooled_activations(tok, model, sae, layer, hook, p.batch_size))
-            (llm_train, sae_train), (llm_test, sae_test) = pooled
-            bar.advance(0, extra=f"{name}: probes")
+            prep = prepared[name]
+            facts = prep.meta[name]
+            sae_train, sae_test = (sae_pooled(prep, name, split, sae, p.batch_size) for split in SPLITS)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(p.seed)
-                means, per_class = probe_dataset(llm_train, llm_test, sae_train, sae_test, p.k_values)
-                sk_acc = sklearn_full_probe(llm_train, llm_test)
+                torch.set_rng_state(prep.tensor(f"{name}/rng_after_llm_probes"))
+                sae_side = sae_probes(sae_train, sae_test, list(p.k_values))
+            per_class = in_saebench_order(facts["llm_per_class"], sae_side)
             key = f"{name}_results"  # SAEBench's naming of per-dataset entries
-            dataset_results[key], per_class_results[key] = means, per_class
+            dataset_results[key], per_class_results[key] = class_means(per_class), per_class
             extras[name] = {
-                "llm_sklearn_test_accuracy": sk_acc,
-                "sae_top_k_latents": selected_latents(sae_train, p.k_values),
-                "n_train_per_class": {c: len(v) for c, v in train_text.items()},
-                "n_test_per_class": {c: len(v) for c, v in test_text.items()},
+                "llm_sklearn_test_accuracy": facts["llm_sklearn_test_accuracy"],
+                "sae_top_k_latents": selected_latents(sae_train, list(p.k_values)),
+                "n_train_per_class": facts["n_train_per_class"],
+                "n_test_per_class": facts["n_test_per_class"],
             }
-            bar.advance(1, extra=f"{name}: llm {means['llm_test_accuracy']:.3f}, "
-                        f"sae top-{p.k_values[0]} {means[f'sae_top_{p.k_values[0]}_test_accuracy']:.3f}")  # fmt: skip
+            first = p.k_values[0]
+            bar.advance(1, extra=f"{name}: sae top-{first} {dataset_results[key][f'sae_top_{first}_test_accuracy']:.3f}")
 
-    averaged = general_utils.average_results_dictionaries(dataset_results, p.datasets)
+    averaged = general_utils.average_results_dictionaries(dataset_results, list(p.datasets))
     eval_cfg = SparseProbingEvalConfig(
         random_seed=p.seed,
         dataset_names=list(p.datasets),
         probe_train_set_size=p.n_train,
         probe_test_set_size=p.n_test,
         context_length=p.context_size,
-        sae_batch_size=p.batch_size,  # latents are computed on each LLM batch as it comes
+        sae_batch_size=p.batch_size,
         llm_batch_size=p.batch_size,
-        llm_dtype=ctx.cfg.model.dtype,
-        model_name=ctx.cfg.model.name,
+        llm_dtype=env.model_spec.dtype,
+        model_name=env.model_spec.name,
         k_values=list(p.k_values),
         lower_vram_usage=False,
     )
@@ -411,17 +449,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "per_dataset_extras": extras,
         },
         sae_bench_commit_hash=f"sae-bench=={version('sae-bench')}",
-        sae_lens_id=ctx.stage.label.split(":", 1)[-1],
-        sae_lens_release_id=ctx.cfg.name,
+        sae_lens_id=env.label,
+        sae_lens_release_id=env.run_name,
         sae_lens_version=sae.cfg.metadata.sae_lens_version or version("sae-lens"),
         sae_cfg_dict=sae.cfg.to_dict(),
     )
-    output.to_json_file(str(ctx.out / RESULT_FILE), indent=2)
-
-    summary: dict[str, Any] = {"datasets": len(p.datasets), "llm_test_accuracy": round(averaged["llm_test_accuracy"], 4)}
-    summary["sae_test_accuracy"] = round(averaged["sae_test_accuracy"], 4)
+    summary: dict[str, Any] = {"datasets": len(p.datasets)}
+    for key in ("llm_test_accuracy", "sae_test_accuracy"):
+        summary[key] = round(averaged[key], 4)
     for k in p.k_values:
         summary[f"llm_top_{k}_test_accuracy"] = round(averaged[f"llm_top_{k}_test_accuracy"], 4)
         summary[f"sae_top_{k}_test_accuracy"] = round(averaged[f"sae_top_{k}_test_accuracy"], 4)
-    summary["seconds"] = round(time.perf_counter() - started, 2)
-    return summary
+    summary["probe_seconds"] = round(time.perf_counter() - started, 2)
+    return output, summary

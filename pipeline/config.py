@@ -157,7 +157,23 @@ class SparseProbingSpec(Strict):
     """SAEBench's JSON has fields for these k only."""
     context_size: PositiveInt = 128
     batch_size: PositiveInt = 8
+    """Prompts per forward pass (SAEBench's llm_batch_size); also rows per SAE encoding batch."""
     seed: int = 42
+    """Seeds the train/test draw (sae-probes' sampler) and torch before each dataset's probes."""
+
+    @field_validator("n_train", "n_test")
+    @classmethod
+    def _even(cls, n: int) -> int:
+        if n < 4 or n % 2:
+            raise ValueError("must be an even number >= 4 (classes are balanced, n/2 each)")
+        return n
+
+    @field_validator("k_values", "datasets")
+    @classmethod
+    def _no_repeats(cls, values: list[Any]) -> list[Any]:
+        if len(set(values)) != len(values):
+            raise ValueError("repeated values")
+        return values
 
 
 class SyntheticEvalSpec(Strict):
@@ -172,6 +188,16 @@ class EvalsSpec(Strict):
     core: CoreEvalSpec = CoreEvalSpec()
     sparse_probing: SparseProbingSpec = SparseProbingSpec()
     synthetic: SyntheticEvalSpec = SyntheticEvalSpec()
+    max_chunk_mib: Annotated[int, Field(gt=0, le=4096)] = 256
+    """Largest file any eval writes: bigger tensors are cut into parts of at most this size."""
+
+    def enabled(self) -> dict[str, Any]:
+        """The SAEBench evals switched on (besides core), by name: their validated sections."""
+        return {name: getattr(self, name) for name in EVAL_PARAMS if getattr(self, name).enabled}
+
+
+EVAL_PARAMS: dict[str, type[BaseModel]] = {"sparse_probing": SparseProbingSpec}
+"""Each SAEBench eval's config section; its fields (minus ``enabled``) are the eval's params."""
 
 
 StageKind = Literal[
@@ -180,7 +206,12 @@ StageKind = Literal[
     "synthetic_activations",
     "train",
     "eval_core",
+    "eval_prep",
     "eval_sparse_probing",
+    "eval_absorption",
+    "eval_scr",
+    "eval_tpp",
+    "eval_unlearning",
     "eval_synthetic",
     "probe_baseline",
     "report",

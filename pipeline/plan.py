@@ -23,7 +23,12 @@ STAGE_VERSIONS = {
     "synthetic_activations": 1,
     "train": 2,
     "eval_core": 1,
-    "eval_sparse_probing": 1,
+    "eval_prep": 1,
+    "eval_sparse_probing": 2,
+    "eval_absorption": 1,
+    "eval_scr": 1,
+    "eval_tpp": 1,
+    "eval_unlearning": 1,
     "eval_synthetic": 1,
     "probe_baseline": 1,
     "report": 2,
@@ -74,7 +79,28 @@ def _source_stages(cfg: PipelineConfig) -> list[Stage]:
     return [Stage("activations", "activations", params)]
 
 
-def _evals(cfg: PipelineConfig, sae_id: str, train: Stage, synth: Stage | None) -> list[Stage]:
+def _prep_stages(cfg: PipelineConfig) -> dict[str, dict[str, Stage]]:
+    """Per enabled eval, its shared prep stages by unit. Evals whose prep params agree get the very
+    same Stage (same key), so the model runs over that data once for all of them."""
+    from evals.registry import EVALS
+
+    assert cfg.data is not None
+    out: dict[str, dict[str, Stage]] = {}
+    by_key: dict[str, Stage] = {}
+    for name, section in cfg.evals.enabled().items():
+        spec = EVALS[name]
+        out[name] = {}
+        for unit, params in spec.prep_units(section.model_dump(exclude={"enabled"})).items():
+            label = f"eval_prep:{spec.prep}" + (f":{unit}" if unit != "all" else "")
+            prep_params = {"eval": spec.prep, "model": _model_params(cfg), "prepend_bos": cfg.data.prepend_bos, "params": params}
+            stage = Stage("eval_prep", label, prep_params)
+            if stage.key not in by_key and any(s.label == label for s in by_key.values()):
+                stage = Stage("eval_prep", f"{label}#{stage.key[:6]}", prep_params)  # same family, other data
+            out[name][unit] = by_key.setdefault(stage.key, stage)
+    return out
+
+
+def _evals(cfg: PipelineConfig, sae_id: str, train: Stage, synth: Stage | None, preps: dict[str, dict[str, Stage]]) -> list[Stage]:
     """The eval stages of one trained SAE (each independent: one failing leaves the others)."""
     out = []
     ev = cfg.evals
@@ -95,9 +121,10 @@ def _evals(cfg: PipelineConfig, sae_id: str, train: Stage, synth: Stage | None) 
     if ev.core.enabled:
         params = {"model": _model_params(cfg), "data": cfg.data.model_dump(), "core": ev.core.model_dump(exclude={"enabled"})}
         out.append(Stage("eval_core", f"eval_core:{sae_id}", params, {"sae": train}))
-    if ev.sparse_probing.enabled:
-        params = {"model": _model_params(cfg), "sparse_probing": ev.sparse_probing.model_dump(exclude={"enabled"})}
-        out.append(Stage("eval_sparse_probing", f"eval_sparse_probing:{sae_id}", params, {"sae": train}))
+    for name, section in ev.enabled().items():
+        inputs = {"sae": train, **{f"prep:{unit}": s for unit, s in preps[name].items()}}
+        params = {"params": section.model_dump(exclude={"enabled"})}
+        out.append(Stage(f"eval_{name}", f"eval_{name}:{sae_id}", params, inputs))
     return out
 
 
@@ -106,6 +133,9 @@ def build_plan(cfg: PipelineConfig) -> list[Stage]:
     stages = _source_stages(cfg)
     synth = stages[0] if cfg.synthetic is not None else None
     acts = stages[-1]
+    preps = {} if synth is not None else _prep_stages(cfg)
+    unique_preps = {s.key: s for units in preps.values() for s in units.values()}
+    stages += list(unique_preps.values())
     trains: list[Stage] = []
     evals: list[Stage] = []
     if synth is not None and cfg.evals.synthetic.enabled:
@@ -115,7 +145,7 @@ def build_plan(cfg: PipelineConfig) -> list[Stage]:
             sae_id = f"{sae.name}-s{seed}"
             train = Stage("train", f"train:{sae_id}", {**sae.identity(), "seed": seed}, {"activations": acts})
             trains.append(train)
-            evals += _evals(cfg, sae_id, train, synth)
+            evals += _evals(cfg, sae_id, train, synth, preps)
     stages += trains + evals
     report_inputs = {s.label: s for s in trains + evals}
     stages.append(Stage("report", "report", {"run": cfg.name}, report_inputs))

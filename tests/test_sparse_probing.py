@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from pydantic import ValidationError
 from sae_bench.evals.sparse_probing import main as saebench_main
 from sae_bench.evals.sparse_probing import probe_training
 from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
@@ -21,12 +22,14 @@ from sae_bench.sae_bench_utils import activation_collection
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
 import evals.sparse_probing as sp
+from evals.core import load_trained_sae
 from pipeline.artifacts import ArtifactStore
-from pipeline.config import parse_config
+from pipeline.config import SparseProbingSpec, parse_config
 from pipeline.executors.stage_runner import execute
 from pipeline.models.cache import get_model
 from pipeline.plan import Stage, build_plan
 from pipeline.progress import Reporter
+from evals.prepared import EvalEnv, prepare_in_memory
 from pipeline.stages.context import StageContext
 from tests.conftest import tiny_config
 
@@ -113,12 +116,14 @@ def test_saebench_probe_loop_is_broken_under_installed_jaxtyping() -> None:
 def test_params_are_validated_before_anything_loads() -> None:
     with pytest.raises(ValueError, match=r"unknown sae-probes dataset.*96_spam_is.*probing_datasets_MASTER"):
         sp.check_dataset_names(["96_spam_is", "no_such_dataset"])
-    with pytest.raises(ValueError, match="even number"):
-        sp.SparseProbingParams.from_dict({"datasets": [EASY], "n_train": 201})
-    with pytest.raises(ValueError, match="schema has fields for"):
-        sp.SparseProbingParams.from_dict({"datasets": [EASY], "k_values": [3]})
-    with pytest.raises(ValueError, match="unknown keys"):
-        sp.SparseProbingParams.from_dict({"datasets": [EASY], "n_trian": 10})
+    with pytest.raises(ValidationError, match="even number"):
+        SparseProbingSpec(datasets=[EASY], n_train=201)
+    with pytest.raises(ValidationError, match="k_values"):
+        SparseProbingSpec(datasets=[EASY], k_values=[3])
+    with pytest.raises(ValidationError, match="repeated"):
+        SparseProbingSpec(datasets=[EASY, EASY])
+    with pytest.raises(ValidationError, match="n_trian"):
+        SparseProbingSpec(datasets=[EASY], n_trian=10)
 
 
 def test_split_is_balanced_disjoint_and_deterministic() -> None:
@@ -189,7 +194,7 @@ def test_matches_saebench_run_eval_single_dataset(tiny_run, monkeypatch: pytest.
     above). Tolerance: pooled activations 1e-5; accuracies identical (<= 0.01 allowed, see the asserts)."""
     cfg, store, train = tiny_run
     model, tokenizer = get_model(cfg.model)
-    sae = sp.load_trained_sae(make_ctx(cfg, store, probing_stage(train, datasets=[EASY])))
+    sae = load_trained_sae(make_ctx(cfg, store, probing_stage(train, datasets=[EASY])))
     hook, layer, ctx_len, batch, seed, ks = cfg.model.hook, cfg.model.layer, 32, 8, 7, [1, 2, 5, 10, 20]
     train_text, test_text = sp.load_split(EASY, 60, 40, seed)
     train_tok = sp.tokenize(train_text, tokenizer, ctx_len, "cpu", cfg.data.prepend_bos)
@@ -237,17 +242,46 @@ def test_matches_saebench_run_eval_single_dataset(tiny_run, monkeypatch: pytest.
 # --- (c) the stage end to end ------------------------------------------------------------------------
 
 
-def test_stage_writes_saebench_sparse_probing_json(tiny_run) -> None:
+def prepare_and_evaluate(cfg, sae, folder: Path, **params) -> tuple:
+    """The two halves as the stages run them: one prep folder per dataset, then one SAE's evaluate."""
+    p = SparseProbingSpec(enabled=True, **params)
+    env = EvalEnv(cfg.model, cfg.data.prepend_bos, QUIET, "btk-s0", "tiny")
+    prepared = {
+        name: prepare_in_memory(sp.prepare, env, p.model_copy(update={"datasets": [name]}), folder / name, max_bytes=1 << 20)
+        for name in p.datasets
+    }
+    output, summary = sp.evaluate(prepared, sae, env, p)
+    return json.loads(output.to_json()), summary, prepared
+
+
+def test_split_into_prepare_and_evaluate_draws_what_one_sequence_draws(tiny_run, tmp_path: Path) -> None:
+    """The model-side probes run once in prepare, the SAE side per SAE; the stored RNG state makes the
+    SAE probes draw exactly what SAEBench's single sequence (probe_dataset) draws."""
+    cfg, store, train = tiny_run
+    model, tokenizer = get_model(cfg.model)
+    sae = load_trained_sae(make_ctx(cfg, store, probing_stage(train, datasets=[EASY])))
+    out, _, prepared = prepare_and_evaluate(cfg, sae, tmp_path, datasets=[EASY], n_train=60, n_test=40, context_size=32, seed=5)
+    assert len(list((tmp_path / EASY / EASY / "train" / "1" / "acts").glob("part-*"))) >= 2  # 1 MiB bound: chunked
+
+    train_text, test_text = sp.load_split(EASY, 60, 40, 5)
+    pooled = [
+        sp.pooled_activations(sp.tokenize(t, tokenizer, 32, "cpu", cfg.data.prepend_bos), model, sae, cfg.model.layer, cfg.model.hook, 8)
+        for t in (train_text, test_text)
+    ]
+    torch.manual_seed(5)
+    one_sequence, _ = sp.probe_dataset(pooled[0][0], pooled[1][0], pooled[0][1], pooled[1][1], [1, 2, 5, 10, 20])
+    got = next(d for d in out["eval_result_details"] if d["dataset_name"] == f"{EASY}_results")
+    assert {k: got[k] for k in one_sequence} == pytest.approx(one_sequence, abs=1e-9)
+
+
+def test_stage_writes_saebench_sparse_probing_json(tiny_run, tmp_path: Path) -> None:
     cfg, store, train = tiny_run
     ks = [1, 2, 5, 10, 20]
-    stage = probing_stage(
-        train, datasets=[EASY, SECOND], n_train=200, n_test=100, k_values=ks, context_size=32, batch_size=16, seed=0
+    sae = load_trained_sae(make_ctx(cfg, store, probing_stage(train, datasets=[EASY])))
+    out, summary, prepared = prepare_and_evaluate(
+        cfg, sae, tmp_path, datasets=[EASY, SECOND], n_train=200, n_test=100, k_values=ks, context_size=32, batch_size=16, seed=0
     )
-    ctx = make_ctx(cfg, store, stage)
-    summary = sp.run(ctx)
     json.dumps(summary)  # goes into the manifest
-
-    out = json.loads((ctx.out / sp.RESULT_FILE).read_text())
     assert out["eval_type_id"] == "sparse_probing"
     assert set(out) >= {
         "eval_config", "eval_id", "datetime_epoch_millis", "eval_result_metrics", "eval_result_details",
@@ -277,4 +311,7 @@ def test_stage_writes_saebench_sparse_probing_json(tiny_run) -> None:
     assert easy["sae_top_20_test_accuracy"] > 0.6, easy  # a 6000-token SAE still finds spam latents
     latents = out["eval_result_unstructured"]["per_dataset_extras"][EASY]["sae_top_k_latents"]
     assert [len(latents[str(k)]) for k in ks] == ks and set(latents["1"]) <= set(latents["5"])
-    assert [p.name for p in ctx.out.iterdir()] == [sp.RESULT_FILE]  # nothing big persisted
+    # what prepare stored: per-token activations (masked positions zero) and the model-side results
+    acts = prepared[EASY].tensor(sp.acts_name(EASY, "train", "1"))
+    assert acts.shape == (100, 32, 576) and (acts[:, 0] == 0).all()  # BOS masked
+    assert set(prepared[EASY].meta[EASY]) >= {"llm_per_class", "llm_sklearn_test_accuracy"}

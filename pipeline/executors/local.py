@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import PipelineConfig
-from pipeline.executors.stage_runner import execute, stage_state
+from pipeline.executors.stage_runner import PARTIAL_OK, execute, stage_state
 from pipeline.plan import Stage, downstream
 from pipeline.progress import Reporter
 
@@ -45,7 +45,9 @@ def run_local(
         if state == "corrupt":
             reporter.log(f"[yellow]{stage.label}: corrupt artifact {store.problems(stage.kind, stage.key)}; recomputing")
             store.quarantine(stage.kind, stage.key)
-        if any(inp.label in failed for inp in stage.inputs.values()):
+        if state == "stale":
+            reporter.log(f"{stage.label}: inputs missing when it was made are complete now; redoing it")
+        if stage.kind not in PARTIAL_OK and any(inp.label in failed for inp in stage.inputs.values()):
             failed.add(stage.label)
             outcomes.append(Outcome(stage, "skipped", error="an input failed"))
             continue

@@ -23,11 +23,22 @@ RUNNERS = {
     "synthetic_activations": "pipeline.synthetic.stages:run_activations",
     "train": "pipeline.stages.train:run",
     "eval_core": "evals.core:run",
-    "eval_sparse_probing": "evals.sparse_probing:run",
+    "eval_prep": "pipeline.stages.eval_prep:run",
+    "eval_sparse_probing": "pipeline.stages.eval_sae:run",
+    "eval_absorption": "pipeline.stages.eval_sae:run",
+    "eval_scr": "pipeline.stages.eval_sae:run",
+    "eval_tpp": "pipeline.stages.eval_sae:run",
+    "eval_unlearning": "pipeline.stages.eval_sae:run",
     "eval_synthetic": "evals.synthetic:run",
     "probe_baseline": "evals.probe_baseline:run",
     "report": "pipeline.stages.report:run",
 }
+
+
+PARTIAL_OK = {"report"}
+"""Kinds that run with whatever inputs completed: a report with one failed eval still shows the rest
+(it lists what is missing), and is redone once the failed eval succeeds (its key does not change, so
+``stage_state`` calls it stale)."""
 
 
 def runner(kind: str) -> Callable[[StageContext], dict[str, Any]]:
@@ -36,14 +47,23 @@ def runner(kind: str) -> Callable[[StageContext], dict[str, Any]]:
 
 
 def stage_state(store: ArtifactStore, stage: Stage) -> str:
-    """done | corrupt | partial (resumable work exists) | missing."""
+    """done | stale (made with inputs missing that are complete now) | corrupt | partial (resumable
+    work exists) | missing."""
     problems = store.problems(stage.kind, stage.key)
     if not problems:
-        return "done"
+        return "stale" if _filled_since(store, stage) else "done"
     if problems != ["missing"]:
         return "corrupt"
     work = store.root / stage.kind / ".work" / stage.key
     return "partial" if work.exists() and any(work.iterdir()) else "missing"
+
+
+def _filled_since(store: ArtifactStore, stage: Stage) -> bool:
+    if stage.kind not in PARTIAL_OK:
+        return False
+    missing = store.manifest(stage.kind, stage.key)["summary"].get("missing_inputs", [])
+    by_label = {s.label: s for s in stage.inputs.values()}
+    return any(label in by_label and store.is_complete(by_label[label].kind, by_label[label].key) for label in missing)
 
 
 def match_threads_to_allocation() -> None:
@@ -60,8 +80,10 @@ def execute(cfg: PipelineConfig, store: ArtifactStore, stage: Stage, reporter: R
     """Compute a stage whose inputs are complete, and commit its artifact."""
     match_threads_to_allocation()
     for name, inp in stage.inputs.items():
-        if not store.is_complete(inp.kind, inp.key):
+        if stage.kind not in PARTIAL_OK and not store.is_complete(inp.kind, inp.key):
             raise RuntimeError(f"{stage.label}: input {name} ({inp.label}) is not complete")
+    if store.is_complete(stage.kind, stage.key):  # a stale report being redone
+        store.quarantine(stage.kind, stage.key)
     for stale in (store.root / stage.kind / ".staging").glob(f"{stage.key}-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed process
     staging = store.staging_dir(stage.kind, stage.key)

@@ -60,10 +60,55 @@ def synthetic_metrics(result: dict[str, Any]) -> Metrics:
     return dict(result["metrics"])
 
 
+def absorption_metrics(result: dict[str, Any]) -> Metrics:
+    m = result["eval_result_metrics"]["mean"]
+    return {
+        "absorption_fraction": m["mean_absorption_fraction_score"],
+        "full_absorption": m["mean_full_absorption_score"],
+        "split_features": m["mean_num_split_features"],
+    }
+
+
+def _thresholded(metrics: dict[str, Any], template: str, name: str) -> Metrics:
+    """'scr_metric_threshold_{n}' -> 'scr@n' for every n SAEBench filled in."""
+    out = {}
+    for n in (2, 5, 10, 20, 50, 100, 500):
+        value = metrics.get(template.format(n=n))
+        if value is not None:
+            out[f"{name}@{n}"] = value
+    return out
+
+
+def scr_metrics(result: dict[str, Any]) -> Metrics:
+    return _thresholded(result["eval_result_metrics"]["scr_metrics"], "scr_metric_threshold_{n}", "scr")
+
+
+def tpp_metrics(result: dict[str, Any]) -> Metrics:
+    return _thresholded(result["eval_result_metrics"]["tpp_metrics"], "tpp_threshold_{n}_total_metric", "tpp")
+
+
+def unlearning_metrics(result: dict[str, Any]) -> Metrics:
+    return {"unlearning_score": result["eval_result_metrics"]["unlearning"]["unlearning_score"]}
+
+
 EXTRACTORS: dict[str, tuple[str, Callable[[dict[str, Any]], Metrics]]] = {
     "eval_core": ("core.json", core_metrics),
     "eval_sparse_probing": ("sparse_probing.json", sparse_probing_metrics),
+    "eval_absorption": ("absorption.json", absorption_metrics),
+    "eval_scr": ("scr.json", scr_metrics),
+    "eval_tpp": ("tpp.json", tpp_metrics),
+    "eval_unlearning": ("unlearning.json", unlearning_metrics),
     "eval_synthetic": ("synthetic.json", synthetic_metrics),
+}
+EVAL_TITLES = {
+    "train": "Training",
+    "eval_core": "Core (reconstruction, sparsity, model preservation)",
+    "eval_sparse_probing": "Sparse probing (SAE latents vs the model's own activations)",
+    "eval_absorption": "Feature absorption (first-letter spelling)",
+    "eval_scr": "SCR: spurious correlation removal",
+    "eval_tpp": "TPP: targeted probe perturbation",
+    "eval_unlearning": "Unlearning",
+    "eval_synthetic": "Synthetic ground truth",
 }
 
 
@@ -75,8 +120,11 @@ def collect(ctx: StageContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows (one per SAE × seed × variant) and run-level results (e.g. the probe baseline)."""
     trains: dict[str, dict[str, Any]] = {}
     evals: dict[tuple[str, str], dict[str, Any]] = {}
-    run_level: dict[str, Any] = {}
+    run_level: dict[str, Any] = {"missing_inputs": [], "groups": {}, "data_sources": {}}
     for label, inp in ctx.stage.inputs.items():
+        if not ctx.store.is_complete(inp.kind, inp.key):
+            run_level["missing_inputs"].append(label)  # failed or not run: the rest is still reported
+            continue
         manifest = ctx.store.manifest(inp.kind, inp.key)
         if inp.kind == "probe_baseline":
             result = json.loads(ctx.store.verified_file(inp.kind, inp.key, "probe_baseline.json").read_text())
@@ -90,7 +138,13 @@ def collect(ctx: StageContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         base, _, variant = sae_id.partition("+")
         file, extract = EXTRACTORS[inp.kind]
         result = json.loads(ctx.store.verified_file(inp.kind, inp.key, file).read_text())
-        evals.setdefault((base, variant), {}).update(extract(result))
+        metrics = extract(result)
+        evals.setdefault((base, variant), {}).update(metrics)
+        group = run_level["groups"].setdefault(inp.kind, [])
+        group += [m for m in metrics if m not in group]
+        source = (result.get("eval_result_unstructured") or {}).get("data_source") if isinstance(result, dict) else None
+        if source:
+            run_level["data_sources"][inp.kind] = source
     rows = []
     for (sae_id, variant), metrics in evals.items():
         name, seed = sae_id.rsplit("-s", 1)
@@ -151,38 +205,64 @@ HIGHER_IS_BETTER = {
     "l2_ratio": None,
     "true_l0": None,
     "shrinkage": None,
+    "absorption_fraction": False,
+    "full_absorption": False,
+    "split_features": None,
 }
 
 
-def markdown(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], run_level: dict[str, Any]) -> str:
-    cols = metric_columns(rows)
-    fact_cols = ["sae", "seed", "trainer", "d_sae", "k", "train_tokens"]
-    lines = [f"# saepipe report: {run}", "", "## One row per SAE, seed and eval variant", ""]
-    lines += ["| " + " | ".join(fact_cols + cols) + " |", "|" + "---|" * len(fact_cols + cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in fact_cols + cols) + " |" for r in rows]
-    lines += ["", "## Mean ± 95% interval over seeds", ""]
-    lines += ["| sae | seeds | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+def best_by_metric(agg: list[dict[str, Any]], cols: list[str]) -> dict[str, dict[str, Any]]:
     best: dict[str, dict[str, Any]] = {}
     for col in cols:
         direction = HIGHER_IS_BETTER.get(col, True)
         scored = [a for a in agg if col in a]
         if direction is not None and scored:
             best[col] = (max if direction else min)(scored, key=lambda a: a[col]["mean"])
-    for a in agg:
-        cells = []
-        for col in cols:
-            if col not in a:
-                cells.append("")
-                continue
-            m = a[col]
-            cell = f"{m['mean']:.4g} ± {m['ci95']:.2g}"
-            if col in best and best[col] is a:
-                cell = f"**{cell}**"
-            elif col in best and within_noise(m["values"], best[col][col]["values"]):
-                cell += " ≈"
-            cells.append(cell)
-        lines.append(f"| {a['sae']} | {a['n_seeds']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", notes(cols, run_level)]) + "\n"
+    return best
+
+
+def seed_cell(a: dict[str, Any], col: str, best: dict[str, dict[str, Any]]) -> str:
+    """'mean ± ci95', bold when best, '≈' when seeds cannot tell it from the best."""
+    if col not in a:
+        return ""
+    m = a[col]
+    cell = f"{m['mean']:.4g} ± {m['ci95']:.2g}"
+    if col in best and best[col] is a:
+        return f"**{cell}**"
+    if col in best and within_noise(m["values"], best[col][col]["values"]):
+        cell += " ≈"
+    return cell
+
+
+def groups_of(rows: list[dict[str, Any]], run_level: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(eval kind, its metric columns) in a fixed order; columns of no known eval go last."""
+    found = run_level.get("groups", {})
+    out = [(kind, found[kind]) for kind in EXTRACTORS if kind in found]
+    known = {c for _, cols in out for c in cols}
+    rest = [c for c in metric_columns(rows) if c not in known]
+    return out + ([("other", rest)] if rest else [])
+
+
+def markdown(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], run_level: dict[str, Any]) -> str:
+    fact_cols = ["sae", "seed", "trainer", "d_sae", "k", "train_tokens"]
+    lines = [f"# saepipe report: {run}", ""]
+    if run_level.get("missing_inputs"):
+        lines += ["**Incomplete:** these stages failed or did not run, so their results are missing below: "
+                  + ", ".join(f"`{m}`" for m in run_level["missing_inputs"])
+                  + ". Run the same command again to retry them alone.", ""]  # fmt: skip
+    lines += ["## SAEs", "", "| " + " | ".join(fact_cols) + " |", "|" + "---|" * len(fact_cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in fact_cols) + " |" for r in rows]
+    for kind, cols in groups_of(rows, run_level):
+        best = best_by_metric(agg, cols)
+        lines += ["", f"## {EVAL_TITLES.get(kind, kind)}", ""]
+        if source := run_level.get("data_sources", {}).get(kind):
+            lines += [f"Data: {source}", ""]
+        lines += ["Mean ± 95% interval over seeds:", ""]
+        lines += ["| sae | seeds | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+        lines += [f"| {a['sae']} | {a['n_seeds']} | " + " | ".join(seed_cell(a, c, best) for c in cols) + " |" for a in agg]
+        lines += ["", "Per seed:", "", "| sae | seed | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+        lines += [f"| {r['sae']} | {r['seed']} | " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines + ["", "## Notes", "", notes(metric_columns(rows), run_level)]) + "\n"
 
 
 def notes(cols: list[str], run_level: dict[str, Any]) -> str:
@@ -212,6 +292,16 @@ def notes(cols: list[str], run_level: dict[str, Any]) -> str:
             "probe_sae_topK_acc: probe on the K SAE latents whose class means differ most (SAEBench sparse probing),",
             "averaged over the sae-probes datasets listed in the config.",
         ]
+    if any(c.startswith("absorption") or c == "full_absorption" for c in cols):
+        lines += ["", "absorption_fraction / full_absorption: SAEBench's first-letter absorption (lower is better)."]
+    if any(c.startswith(("scr@", "tpp@")) for c in cols):
+        lines += [
+            "",
+            "scr@n / tpp@n: SAEBench's SCR and TPP metrics when the top n latents are ablated. Both are known to be",
+            "noisy (Chanin 2026 found them the least reliable SAEBench metrics): read them with the seed spread.",
+        ]
+    if "unlearning_score" in cols:
+        lines += ["", "unlearning_score: 1 - forget-set accuracy at the best setting that keeps retain accuracy (SAEBench)."]
     return "\n".join(lines)
 
 
@@ -221,6 +311,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     run_name = ctx.stage.params["run"]
     (ctx.out / "report.md").write_text(markdown(run_name, rows, agg, run_level))
     cols = metric_columns(rows)
-    (ctx.out / "report.html").write_text(report_html.render(run_name, rows, agg, cols, notes(cols, run_level)))
+    page = report_html.render(run_name, rows, agg, groups_of(rows, run_level), EVAL_TITLES, run_level, notes(cols, run_level))
+    (ctx.out / "report.html").write_text(page)
     atomic_write_json(ctx.out / "summary.json", {"run": run_name, "saes": rows, "by_spec": agg, **run_level})
-    return {"saes": len(rows)}
+    return {"saes": len(rows), "missing_inputs": run_level["missing_inputs"]}

@@ -16,12 +16,16 @@ PLOT_METRICS = [
     "explained_variance",
     "ce_loss_score",
     "kl_div_score",
-    "cossim",
     "f1",
     "mcc",
     "uniqueness",
     "probe_sae_top1_acc",
+    "absorption_fraction",
+    "scr@20",
+    "tpp@20",
+    "unlearning_score",
 ]
+LOWER_IS_BETTER = {"absorption_fraction", "full_absorption", "mse"}
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
@@ -32,6 +36,7 @@ th { background: #f3f3f3; }
 .plots figure { margin: 0; border: 1px solid #eee; }
 .note { color: #555; }
 .wide { overflow-x: auto; }
+.warn { background: #fff3cd; border: 1px solid #e0c36c; padding: 6px 10px; }
 """
 
 
@@ -49,11 +54,12 @@ def _table(header: list[str], body: list[list[str]]) -> str:
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points not beaten by another with lower (or equal) L0 and higher (or equal) metric."""
-    front = []
-    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not front or y > front[-1][1]:
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = True) -> list[tuple[float, float]]:
+    """Points not beaten by another with lower (or equal) L0 and a better (or equal) metric."""
+    sign = 1 if higher_is_better else -1
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -sign * p[1])):
+        if not front or sign * y > sign * front[-1][1]:
             front.append((x, y))
     return front
 
@@ -65,10 +71,10 @@ def metric_vs_l0(agg: list[dict[str, Any]], metric: str) -> str | None:
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     for name, l0, m in pts:
         ax.errorbar(l0["mean"], m["mean"], xerr=l0["ci95"] or None, yerr=m["ci95"] or None, fmt="o", capsize=3, label=name)
-    front = pareto_front([(l0["mean"], m["mean"]) for _, l0, m in pts])
+    front = pareto_front([(l0["mean"], m["mean"]) for _, l0, m in pts], metric not in LOWER_IS_BETTER)
     ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=0.8, label="Pareto front")
     ax.set_xlabel("L0 (active latents per token)")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
     ax.set_title(f"{metric} vs L0 (mean ± 95% CI over seeds)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -94,25 +100,51 @@ def probing_bars(agg: list[dict[str, Any]]) -> str | None:
     return _svg(fig)
 
 
-def render(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], cols: list[str], markdown_notes: str) -> str:
+def _cell(value: Any) -> str:
+    return html.escape(f"{value:.4g}" if isinstance(value, float) else str(value))
+
+
+def render(
+    run: str,
+    rows: list[dict[str, Any]],
+    agg: list[dict[str, Any]],
+    groups: list[tuple[str, list[str]]],
+    titles: dict[str, str],
+    run_level: dict[str, Any],
+    markdown_notes: str,
+) -> str:
+    """Plots first (what a reader scans), then one section per eval: mean ± 95% CI over seeds, per seed."""
     facts = ["sae", "seed", "trainer", "d_sae", "k", "train_tokens"]
-    per_seed = _table(facts + cols, [[html.escape(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, ""))) for c in facts + cols] for r in rows])
-    summary_rows = []
-    for a in agg:
-        cells = [html.escape(a["sae"]), str(a["n_seeds"])]
-        for c in cols:
-            cells.append(f"{a[c]['mean']:.4g} ± {a[c]['ci95']:.2g} <small>(sd {a[c]['std']:.2g})</small>" if c in a else "")
-        summary_rows.append(cells)
-    summary = _table(["sae", "seeds"] + cols, summary_rows)
+    sections = [f"<h2>SAEs</h2>{_table(facts, [[_cell(r.get(c, '')) for c in facts] for r in rows])}"]
+    for kind, cols in groups:
+        summary_rows = []
+        for a in agg:
+            cells = [html.escape(a["sae"]), str(a["n_seeds"])]
+            for c in cols:
+                cells.append(f"{a[c]['mean']:.4g} ± {a[c]['ci95']:.2g} <small>(sd {a[c]['std']:.2g})</small>" if c in a else "")
+            summary_rows.append(cells)
+        source = run_level.get("data_sources", {}).get(kind)
+        sections.append(
+            f"<h2>{html.escape(titles.get(kind, kind))}</h2>"
+            + (f'<p class="note">Data: {html.escape(source)}</p>' if source else "")
+            + "<h3>Mean ± 95% interval over seeds</h3>" + _table(["sae", "seeds"] + cols, summary_rows)
+            + "<h3>Per seed</h3>"
+            + _table(["sae", "seed"] + cols, [[html.escape(r["sae"]), str(r["seed"])] + [_cell(r.get(c, "")) for c in cols] for r in rows])
+        )  # fmt: skip
     plots = [p for p in (metric_vs_l0(agg, m) for m in PLOT_METRICS) if p] + [p for p in [probing_bars(agg)] if p]
     figures = "".join(f"<figure>{p}</figure>" for p in plots)
+    missing = run_level.get("missing_inputs") or []
+    banner = (
+        '<p class="warn"><b>Incomplete:</b> these stages failed or did not run, so their results are missing: '
+        + ", ".join(f"<code>{html.escape(m)}</code>" for m in missing) + ". Run the same command again to retry them alone.</p>"
+    ) if missing else ""  # fmt: skip
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>saepipe report: {html.escape(run)}</title><style>{STYLE}</style></head>
 <body>
 <h1>saepipe report: {html.escape(run)}</h1>
+{banner}
 <h2>Plots</h2><div class="plots">{figures}</div>
-<h2>Mean ± 95% interval over seeds</h2>{summary}
-<h2>One row per SAE, seed and eval variant</h2>{per_seed}
+{"".join(sections)}
 <h2>Notes</h2><pre class="note">{html.escape(markdown_notes)}</pre>
 </body></html>
 """
