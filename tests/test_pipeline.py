@@ -100,6 +100,7 @@ def test_editing_one_hyperparameter_recomputes_only_that_sae(first_run) -> None:
     got = statuses(run_local(cfg, build_plan(cfg), store, set(), QUIET))
     assert got == {
         "activations": "cached",
+        "eval_prep:sparse_probing:96_spam_is": "cached",  # model work on eval data is not redone
         "train:a-s0": "ran",
         "train:b-s0": "cached",
         "eval_core:a-s0": "ran",
@@ -217,3 +218,44 @@ def test_kill_during_train_resumes_from_checkpoint_bit_for_bit(tmp_path: Path) -
     log_killed = json.loads((killed.path("train", train.key) / "train_log.json").read_text())
     log_clean = json.loads((clean.path("train", train.key) / "train_log.json").read_text())
     assert log_killed == log_clean and len(log_clean["steps"]) == 120_000 // 128
+
+
+def test_eval_data_is_prepared_once_for_every_sae() -> None:
+    cfg = two_sae_config()
+    raw = cfg.model_dump()
+    raw["saes"] = [{**raw["saes"][1], "name": f"m{i}", "seeds": [0, 1]} for i in range(2)]
+    raw["saes"][1]["lr"] = 5e-4
+    raw["evals"]["sparse_probing"]["datasets"] = ["96_spam_is", "139_news_class_Politics"]
+    stages = build_plan(parse_config(raw))
+    preps = [s for s in stages if s.kind == "eval_prep"]
+    evals = [s for s in stages if s.kind == "eval_sparse_probing"]
+    assert [p.label for p in preps] == ["eval_prep:sparse_probing:96_spam_is", "eval_prep:sparse_probing:139_news_class_Politics"]
+    assert len(evals) == 4  # 2 specs x 2 seeds, all reading the same two prep artifacts
+    assert all({i.key for n, i in e.inputs.items() if n.startswith("prep:")} == {p.key for p in preps} for e in evals)
+    # the data draw (seed) keys the prep: changing it redoes the model work
+    raw["evals"]["sparse_probing"]["seed"] = 7
+    assert {s.key for s in build_plan(parse_config(raw)) if s.kind == "eval_prep"} != {p.key for p in preps}
+
+
+def test_a_failing_eval_keeps_the_others_and_is_retried_alone(first_run, tmp_path: Path) -> None:
+    store, cfg, _ = first_run
+    copy = ArtifactStore(tmp_path / "copy")
+    shutil.copytree(store.root, copy.root)
+    stages = build_plan(cfg)
+    prep = next(s for s in stages if s.kind == "eval_prep")
+    part = next((copy.path(prep.kind, prep.key) / "tensors").rglob("part-00000.safetensors"))
+    original = part.read_bytes()
+    part.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # same size: only the checksum can tell
+
+    got = statuses(run_local(cfg, stages, copy, select(stages, "eval_sparse_probing"), QUIET))
+    assert got["eval_sparse_probing:a-s0"] == got["eval_sparse_probing:b-s0"] == "failed"
+    assert got["eval_core:a-s0"] == got["eval_core:b-s0"] == "cached" and got["report"] == "ran"
+    report = (copy.root / "tiny" / "report.md").read_text()
+    assert "**Incomplete:**" in report and "`eval_sparse_probing:a-s0`" in report
+    assert "ce_loss_score" in report and "probe_llm_acc" not in report  # what exists is still there
+
+    part.write_bytes(original)  # the user fixes the cause; the same command retries only what failed
+    got = statuses(run_local(cfg, stages, copy, set(), QUIET))
+    assert [k for k, v in got.items() if v == "ran"] == ["eval_sparse_probing:a-s0", "eval_sparse_probing:b-s0", "report"]
+    report = (copy.root / "tiny" / "report.md").read_text()
+    assert "Incomplete" not in report and "probe_llm_acc" in report

@@ -226,7 +226,7 @@ def seed_cell(a: dict[str, Any], col: str, best: dict[str, dict[str, Any]]) -> s
     if col not in a:
         return ""
     m = a[col]
-    cell = f"{m['mean']:.4g} ± {m['ci95']:.2g}"
+    cell = f"{m['mean']:.4g} ± {m['ci95']:.2g}" if len(m["values"]) > 1 else f"{m['mean']:.4g}"  # 1 seed: no spread
     if col in best and best[col] is a:
         return f"**{cell}**"
     if col in best and within_noise(m["values"], best[col][col]["values"]):
@@ -257,7 +257,7 @@ def markdown(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], ru
         lines += ["", f"## {EVAL_TITLES.get(kind, kind)}", ""]
         if source := run_level.get("data_sources", {}).get(kind):
             lines += [f"Data: {source}", ""]
-        lines += ["Mean ± 95% interval over seeds:", ""]
+        lines += ["Mean ± 95% interval over seeds (a single seed shows its value: no spread to estimate):", ""]
         lines += ["| sae | seeds | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
         lines += [f"| {a['sae']} | {a['n_seeds']} | " + " | ".join(seed_cell(a, c, best) for c in cols) + " |" for a in agg]
         lines += ["", "Per seed:", "", "| sae | seed | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]

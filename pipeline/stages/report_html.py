@@ -100,6 +100,12 @@ def probing_bars(agg: list[dict[str, Any]]) -> str | None:
     return _svg(fig)
 
 
+def _spread(m: dict[str, Any]) -> str:
+    if len(m["values"]) < 2:
+        return f"{m['mean']:.4g} <small>(1 seed)</small>"
+    return f"{m['mean']:.4g} ± {m['ci95']:.2g} <small>(sd {m['std']:.2g}, {len(m['values'])} seeds)</small>"
+
+
 def _cell(value: Any) -> str:
     return html.escape(f"{value:.4g}" if isinstance(value, float) else str(value))
 
@@ -121,7 +127,7 @@ def render(
         for a in agg:
             cells = [html.escape(a["sae"]), str(a["n_seeds"])]
             for c in cols:
-                cells.append(f"{a[c]['mean']:.4g} ± {a[c]['ci95']:.2g} <small>(sd {a[c]['std']:.2g})</small>" if c in a else "")
+                cells.append(_spread(a[c]) if c in a else "")
             summary_rows.append(cells)
         source = run_level.get("data_sources", {}).get(kind)
         sections.append(
