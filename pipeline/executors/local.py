@@ -67,8 +67,8 @@ def run_local(
 
 def publish_report(cfg: PipelineConfig, stages: list[Stage], store: ArtifactStore) -> Path | None:
     """Copy the report artifact's files to ``<artifacts>/<run name>/`` where a reader looks for them."""
-    report = next(s for s in stages if s.kind == "report")
-    if not store.is_complete(report.kind, report.key):
+    report = next((s for s in stages if s.kind == "report"), None)
+    if report is None or not store.is_complete(report.kind, report.key):
         return None
     run_dir = store.root / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)

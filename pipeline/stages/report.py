@@ -36,6 +36,7 @@ def core_metrics(result: dict[str, Any]) -> Metrics:
         "kl_div_score": m["model_behavior_preservation"]["kl_div_score"],
         "l2_ratio": m["shrinkage"]["l2_ratio"],
         "frac_alive": m["misc_metrics"]["frac_alive"],
+        "frac_dense_10pct": m["misc_metrics"]["freq_over_10_percent"],
     }
 
 
@@ -139,6 +140,8 @@ def collect(ctx: StageContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         file, extract = EXTRACTORS[inp.kind]
         result = json.loads(ctx.store.verified_file(inp.kind, inp.key, file).read_text())
         metrics = extract(result)
+        if inp.kind == "eval_core" and result.get("eval_result_details"):  # per-latent density, for the histogram
+            run_level.setdefault("feature_density", {})[sae_id] = [d["feature_density"] for d in result["eval_result_details"]]
         evals.setdefault((base, variant), {}).update(metrics)
         group = run_level["groups"].setdefault(inp.kind, [])
         group += [m for m in metrics if m not in group]
@@ -284,6 +287,8 @@ def notes(cols: list[str], run_level: dict[str, Any]) -> str:
             "ce_loss_score = (CE with the hook zero-ablated − CE with the SAE spliced in) / (CE ablated − CE clean):",
             "1 means the SAE loses nothing, 0 means it is as bad as deleting the residual stream.",
             "Core metrics computed by sae-bench 0.6.0's core functions on held-out documents of the run's corpus.",
+            "frac_dense_10pct: fraction of latents firing on more than 10% of tokens (dense latents are usually not",
+            "interpretable); the HTML page has the histogram of every latent's firing frequency.",
         ]
     if any(c.startswith("probe_") for c in cols):
         lines += [
@@ -313,5 +318,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cols = metric_columns(rows)
     page = report_html.render(run_name, rows, agg, groups_of(rows, run_level), EVAL_TITLES, run_level, notes(cols, run_level))
     (ctx.out / "report.html").write_text(page)
+    run_level.pop("feature_density", None)  # per-latent lists stay in core.json; the summary stays small
     atomic_write_json(ctx.out / "summary.json", {"run": run_name, "saes": rows, "by_spec": agg, **run_level})
     return {"saes": len(rows), "missing_inputs": run_level["missing_inputs"]}

@@ -8,6 +8,7 @@ import io
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -102,12 +103,29 @@ def probing_bars(agg: list[dict[str, Any]]) -> str | None:
 
 def _spread(m: dict[str, Any]) -> str:
     if len(m["values"]) < 2:
-        return f"{m['mean']:.4g} <small>(1 seed)</small>"
+        return f"{m['mean']:.4g}"  # the seeds column says 1: there is no spread to show
     return f"{m['mean']:.4g} ± {m['ci95']:.2g} <small>(sd {m['std']:.2g}, {len(m['values'])} seeds)</small>"
 
 
 def _cell(value: Any) -> str:
     return html.escape(f"{value:.4g}" if isinstance(value, float) else str(value))
+
+
+def density_histogram(densities: dict[str, list[float]]) -> str | None:
+    """log10 firing frequency of every latent, one outline per SAE (SAEBench's feature density view):
+    a mass at the left edge is dead latents, at the right dense ones."""
+    if not densities:
+        return None
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    bins = np.linspace(-7, 0, 36)
+    for sae_id, values in sorted(densities.items()):
+        logs = np.log10(np.clip(np.asarray(values, dtype=float), 1e-7, 1.0))
+        ax.hist(logs, bins=bins, histtype="step", lw=1.2, label=sae_id)
+    ax.set_xlabel("log10(fraction of tokens the latent fires on); -7 = never")
+    ax.set_ylabel("latents")
+    ax.set_title("feature density (held-out tokens)", fontsize=9)
+    ax.legend(fontsize=7)
+    return _svg(fig)
 
 
 def render(
@@ -137,7 +155,8 @@ def render(
             + "<h3>Per seed</h3>"
             + _table(["sae", "seed"] + cols, [[html.escape(r["sae"]), str(r["seed"])] + [_cell(r.get(c, "")) for c in cols] for r in rows])
         )  # fmt: skip
-    plots = [p for p in (metric_vs_l0(agg, m) for m in PLOT_METRICS) if p] + [p for p in [probing_bars(agg)] if p]
+    extra = [probing_bars(agg), density_histogram(run_level.get("feature_density", {}))]
+    plots = [p for p in (metric_vs_l0(agg, m) for m in PLOT_METRICS) if p] + [p for p in extra if p]
     figures = "".join(f"<figure>{p}</figure>" for p in plots)
     missing = run_level.get("missing_inputs") or []
     banner = (

@@ -1,0 +1,205 @@
+"""Wall time of the eval suite for 1 and 4 SAEs, against sae-bench's own per-SAE runners, and the
+peak memory of each eval stage.
+
+* ours: ``pipeline run`` (a fresh process, as a user runs it) on a store where activations and the
+  SAEs are already trained, so only eval stages and the report run. Once with 1 SAE, once with 4
+  (four seeds of one spec). Model work on eval data is shared: prep stages run once for all SAEs.
+* sae-bench: its per-SAE runners on the same model object, SAEs and prompts. sae-bench recomputes the
+  model's activations on the eval data for every SAE (its ``run_eval_single_sae`` -> per dataset
+  ``get_dataset_activations`` -> ``get_all_llm_activations``); only the hub download is replaced by the
+  same prompts we use. Evals whose sae-bench runner cannot run here (hub-only) are timed on our side only.
+* peak memory: each eval stage of the 1-SAE run as its own ``pipeline run-stage`` process (what a SLURM
+  job runs), max RSS from ``wait4``.
+
+Usage: python bench/bench_eval_suite.py [--config default] [--tokens 60000] [--out bench/results/eval_suite.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline.artifacts import ArtifactStore  # noqa: E402
+from pipeline.config import load_config, parse_config  # noqa: E402
+from pipeline.executors.local import run_local  # noqa: E402
+from pipeline.plan import build_plan  # noqa: E402
+from pipeline.progress import Reporter  # noqa: E402
+
+EVAL_KINDS = {"eval_prep", "eval_core", "eval_sparse_probing", "eval_absorption", "eval_scr", "eval_tpp", "eval_unlearning"}
+
+
+def bench_config(base: str, tokens: int, n_saes: int) -> dict[str, Any]:
+    """The base config's model, data and evals; one SAE spec trained with ``n_saes`` seeds on few tokens
+    (eval cost does not depend on how long an SAE trained)."""
+    cfg, _ = load_config(base)
+    raw = cfg.model_dump(mode="json")
+    raw["name"] = f"bench_evals_{n_saes}"
+    raw["activations"]["n_tokens"] = tokens
+    spec = next(s for s in raw["saes"] if s["trainer"] == "saepipe")
+    raw["saes"] = [{**spec, "name": "sae", "seeds": list(range(n_saes)), "checkpoint_every": 1000}]
+    raw.pop("executor")
+    return raw
+
+
+def write(raw: dict[str, Any], folder: Path) -> Path:
+    path = folder / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def train_all(raw: dict[str, Any], store: ArtifactStore) -> None:
+    cfg = parse_config(raw)
+    stages = [s for s in build_plan(cfg) if s.kind in ("activations", "train")]
+    outcomes = run_local(cfg, stages, store, set(), Reporter(enabled=False))
+    bad = [o.stage.label for o in outcomes if o.status == "failed"]
+    if bad:
+        sys.exit(f"training failed: {bad}")
+
+
+def clone_upstream(src: ArtifactStore, dst: Path) -> ArtifactStore:
+    """A store holding only the activations and trained SAEs (evals start from nothing)."""
+    for kind in ("activations", "train"):
+        shutil.copytree(src.root / kind, dst / kind, ignore=shutil.ignore_patterns(".work", ".staging", ".trash"))
+    return ArtifactStore(dst)
+
+
+def stage_seconds(store: ArtifactStore, raw: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for s in build_plan(parse_config(raw)):
+        if s.kind in EVAL_KINDS and store.is_complete(s.kind, s.key):
+            out[s.label] = store.manifest(s.kind, s.key)["timings"]["seconds"]
+    return out
+
+
+def by_kind(seconds: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for label, sec in seconds.items():
+        kind = label.split(":")[0] + (":" + label.split(":")[1] if label.startswith("eval_prep") else "")
+        out[kind] = round(out.get(kind, 0.0) + sec, 2)
+    return out
+
+
+def run_ours(raw: dict[str, Any], store: ArtifactStore, folder: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(write(raw, folder)), "--artifacts", str(store.root), "--quiet"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    seconds = stage_seconds(store, raw)
+    return {"wall_s": round(wall, 2), "eval_stage_s": round(sum(seconds.values()), 2), "by_kind_s": by_kind(seconds)}
+
+
+def peak_memory(raw: dict[str, Any], store: ArtifactStore, folder: Path) -> dict[str, float]:
+    """Max RSS (MiB) of each eval stage run alone in its own process, in plan order."""
+    cfg_path = write(raw, folder)
+    out = {}
+    for s in build_plan(parse_config(raw)):
+        if s.kind not in EVAL_KINDS:
+            continue
+        cmd = [sys.executable, "-m", "pipeline.cli", "run-stage", str(cfg_path), s.key, "--artifacts", str(store.root), "--quiet"]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"{cmd} failed")
+        out[s.label] = round(usage.ru_maxrss / 1024, 1)  # KiB on Linux
+    return out
+
+
+def saebench_sparse_probing(raw: dict[str, Any], store: ArtifactStore, n_saes: int) -> float:
+    """sae-bench's ``run_eval_single_dataset`` per SAE and dataset, its activations recomputed each time
+    as its runner does (``get_dataset_activations``: tokenize, ``get_all_llm_activations``)."""
+    import torch
+    from sae_bench.evals.sparse_probing import main as saebench_main
+    from sae_bench.evals.sparse_probing import probe_training
+    from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+    from sae_bench.sae_bench_utils import activation_collection
+    from sae_lens import SAE
+
+    import evals.sparse_probing as sp
+    from pipeline.models.cache import get_model
+
+    cfg = parse_config(raw)
+    p = cfg.evals.sparse_probing
+    model, tokenizer = get_model(cfg.model)
+    hook, layer = cfg.model.hook, cfg.model.layer
+    splits = {name: sp.load_split(name, p.n_train, p.n_test, p.seed) for name in p.datasets}
+
+    def get_dataset_activations(name: str, *_: Any) -> tuple[dict, dict]:
+        out = []
+        for text in splits[name]:
+            tok = sp.tokenize(text, tokenizer, p.context_size, "cpu", cfg.data.prepend_bos)
+            out.append(activation_collection.get_all_llm_activations(tok, model, p.batch_size, layer, hook, mask_bos_pad_eos_tokens=True))
+        return out[0], out[1]
+
+    saebench_main.get_dataset_activations = get_dataset_activations
+    # the jaxtyping clash (see evals/sparse_probing.py): call the undecorated function
+    probe_training.train_sklearn_probe = getattr(probe_training.train_sklearn_probe, "__wrapped__", probe_training.train_sklearn_probe)
+    config = SparseProbingEvalConfig(
+        random_seed=p.seed, dataset_names=list(p.datasets), probe_train_set_size=p.n_train, probe_test_set_size=p.n_test,
+        context_length=p.context_size, llm_batch_size=p.batch_size, llm_dtype="float32", model_name=cfg.model.name,
+        k_values=list(p.k_values),
+    )  # fmt: skip
+    trains = [s for s in build_plan(cfg) if s.kind == "train"][:n_saes]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for train in trains:
+            sae = SAE.load_from_disk(str(store.path("train", train.key) / "sae"))
+            for name in p.datasets:
+                torch.manual_seed(p.seed)
+                with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bars
+                    sp._quiet(saebench_main.run_eval_single_dataset, name, config, sae, model, layer, hook, "cpu", tmp, False)
+    return round(time.perf_counter() - start, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--tokens", type=int, default=60_000)
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "eval_suite.json"))
+    args = parser.parse_args()
+    result: dict[str, Any] = {"config": args.config, "torch_threads": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        raw4 = bench_config(args.config, args.tokens, 4)
+        base = ArtifactStore(tmp / "base")
+        train_all(raw4, base)
+        raw1 = {**raw4, "name": "bench_evals_1", "saes": [{**raw4["saes"][0], "seeds": [0]}]}
+        result["evals"] = sorted(parse_config(raw4).evals.enabled()) + (["core"] if raw4["evals"]["core"]["enabled"] else [])
+        for n, raw in ((1, raw1), (4, raw4)):
+            result[f"ours_{n}_sae"] = run_ours(raw, clone_upstream(base, tmp / f"s{n}"), tmp)
+            print(f"ours, {n} SAE(s): {result[f'ours_{n}_sae']}", flush=True)
+        result["ours_ratio_4_vs_1"] = round(result["ours_4_sae"]["eval_stage_s"] / result["ours_1_sae"]["eval_stage_s"], 3)
+        result["peak_rss_mib_1_sae"] = peak_memory(raw1, clone_upstream(base, tmp / "mem"), tmp)
+        if parse_config(raw4).evals.sparse_probing.enabled:
+            ref = {n: saebench_sparse_probing(raw4, base, n) for n in (1, 4)}
+            ours = {n: sum(v for k, v in result[f"ours_{n}_sae"]["by_kind_s"].items() if "sparse_probing" in k) for n in (1, 4)}
+            result["sparse_probing"] = {
+                "saebench_s": ref,
+                "ours_s": ours,
+                "speedup_vs_saebench": {n: round(ref[n] / ours[n], 2) for n in (1, 4)},
+            }
+            print(f"sparse probing: {result['sparse_probing']}", flush=True)
+    text = json.dumps(result, indent=2)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
