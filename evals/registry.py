@@ -43,6 +43,7 @@ EVALS: dict[str, EvalDef] = {
     d.name: d
     for d in (
         EvalDef("sparse_probing", "evals.sparse_probing", "sparse_probing.json", "sparse_probing", split_by="datasets"),
+        EvalDef("sae_probes", "evals.sae_probes", "sae_probes.json", "sae_probes", split_by="datasets"),
         EvalDef("absorption", "evals.absorption", "absorption.json", "absorption"),
         EvalDef("scr", "evals.scr_tpp", "scr.json", "scr_tpp", evaluate="evaluate_scr"),
         EvalDef("tpp", "evals.scr_tpp", "tpp.json", "scr_tpp", evaluate="evaluate_tpp"),

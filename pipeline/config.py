@@ -176,6 +176,32 @@ class SparseProbingSpec(Strict):
         return values
 
 
+class SaeProbesSpec(Strict):
+    """SAEBench's ``sparse_probing_sae_probes``: sae-probes' last-token probes with tuned regularisation,
+    on its shipped datasets (the most reliable SAEBench metric in Chanin 2026)."""
+
+    enabled: bool = False
+    datasets: list[str] = Field(default_factory=lambda: ["96_spam_is", "139_news_class_Politics"], min_length=1)
+    ks: list[Literal[1, 2, 5, 10, 20, 50, 100]] = Field(default_factory=lambda: [1, 2, 5], min_length=1)
+    """SAEBench's JSON has fields for these k only."""
+    reg_type: Literal["l1", "l2"] = "l1"
+    binarize: bool = False
+    num_train: PositiveInt | None = None
+    """Training prompts per dataset; default sae-probes' min(size - 100, 1024)."""
+    num_test: PositiveInt | None = None
+    """Cap on test prompts; default all the rest (sae-probes)."""
+    max_seq_len: PositiveInt = 1024
+    batch_size: PositiveInt = 8
+    seed: int = 42
+
+    @field_validator("ks", "datasets")
+    @classmethod
+    def _no_repeats(cls, values: list[Any]) -> list[Any]:
+        if len(set(values)) != len(values):
+            raise ValueError("repeated values")
+        return values
+
+
 class SyntheticEvalSpec(Strict):
     """Ground-truth metrics (F1, MCC, uniqueness, EV, L0, dead) for synthetic runs."""
 
@@ -187,6 +213,7 @@ class SyntheticEvalSpec(Strict):
 class EvalsSpec(Strict):
     core: CoreEvalSpec = CoreEvalSpec()
     sparse_probing: SparseProbingSpec = SparseProbingSpec()
+    sae_probes: SaeProbesSpec = SaeProbesSpec()
     synthetic: SyntheticEvalSpec = SyntheticEvalSpec()
     max_chunk_mib: Annotated[int, Field(gt=0, le=4096)] = 256
     """Largest file any eval writes: bigger tensors are cut into parts of at most this size."""
@@ -196,7 +223,7 @@ class EvalsSpec(Strict):
         return {name: getattr(self, name) for name in EVAL_PARAMS if getattr(self, name).enabled}
 
 
-EVAL_PARAMS: dict[str, type[BaseModel]] = {"sparse_probing": SparseProbingSpec}
+EVAL_PARAMS: dict[str, type[BaseModel]] = {"sparse_probing": SparseProbingSpec, "sae_probes": SaeProbesSpec}
 """Each SAEBench eval's config section; its fields (minus ``enabled``) are the eval's params."""
 
 
@@ -208,6 +235,7 @@ StageKind = Literal[
     "eval_core",
     "eval_prep",
     "eval_sparse_probing",
+    "eval_sae_probes",
     "eval_absorption",
     "eval_scr",
     "eval_tpp",

@@ -25,6 +25,7 @@ STAGE_VERSIONS = {
     "eval_core": 1,
     "eval_prep": 1,
     "eval_sparse_probing": 2,
+    "eval_sae_probes": 1,
     "eval_absorption": 1,
     "eval_scr": 1,
     "eval_tpp": 1,

@@ -25,6 +25,7 @@ RUNNERS = {
     "eval_core": "evals.core:run",
     "eval_prep": "pipeline.stages.eval_prep:run",
     "eval_sparse_probing": "pipeline.stages.eval_sae:run",
+    "eval_sae_probes": "pipeline.stages.eval_sae:run",
     "eval_absorption": "pipeline.stages.eval_sae:run",
     "eval_scr": "pipeline.stages.eval_sae:run",
     "eval_tpp": "pipeline.stages.eval_sae:run",

@@ -61,6 +61,15 @@ def synthetic_metrics(result: dict[str, Any]) -> Metrics:
     return dict(result["metrics"])
 
 
+def sae_probes_metrics(result: dict[str, Any]) -> Metrics:
+    m = result["eval_result_metrics"]
+    out = {"saeprobes_llm_acc": m["llm"]["llm_test_accuracy"]}
+    for key, value in m["sae"].items():
+        if key.startswith("sae_top_") and key.endswith("_test_accuracy") and value is not None:
+            out[f"saeprobes_top{key.removeprefix('sae_top_').removesuffix('_test_accuracy')}_acc"] = value
+    return out
+
+
 def absorption_metrics(result: dict[str, Any]) -> Metrics:
     m = result["eval_result_metrics"]["mean"]
     return {
@@ -95,6 +104,7 @@ def unlearning_metrics(result: dict[str, Any]) -> Metrics:
 EXTRACTORS: dict[str, tuple[str, Callable[[dict[str, Any]], Metrics]]] = {
     "eval_core": ("core.json", core_metrics),
     "eval_sparse_probing": ("sparse_probing.json", sparse_probing_metrics),
+    "eval_sae_probes": ("sae_probes.json", sae_probes_metrics),
     "eval_absorption": ("absorption.json", absorption_metrics),
     "eval_scr": ("scr.json", scr_metrics),
     "eval_tpp": ("tpp.json", tpp_metrics),
@@ -105,6 +115,7 @@ EVAL_TITLES = {
     "train": "Training",
     "eval_core": "Core (reconstruction, sparsity, model preservation)",
     "eval_sparse_probing": "Sparse probing (SAE latents vs the model's own activations)",
+    "eval_sae_probes": "Sparse probing, sae-probes benchmark (last token, tuned logistic probes)",
     "eval_absorption": "Feature absorption (first-letter spelling)",
     "eval_scr": "SCR: spurious correlation removal",
     "eval_tpp": "TPP: targeted probe perturbation",
