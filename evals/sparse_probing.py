@@ -85,6 +85,15 @@ FULL_PROBE = {"use_sklearn": False, "batch_size": 250, "epochs": 100, "lr": 1e-2
 # --- data -------------------------------------------------------------------------------------------
 
 
+def data_source(names: list[str]) -> str:
+    hub = [n for n in names if n in HUB_DATASETS]
+    shipped = [n for n in names if n not in HUB_DATASETS]
+    parts = [DATA_SOURCE.format(version=version("sae-probes"))] if shipped else []
+    if hub:
+        parts.append("SAEBench's hub datasets " + ", ".join(hub) + " (sae-bench's get_multi_label_train_test_data)")
+    return "; ".join(parts)
+
+
 def available_datasets() -> list[str]:
     """sae-probes' binary dataset names ('{number}_{tag}'), as its runners spell them."""
     from sae_probes.utils_data import get_numbered_binary_tags
@@ -92,9 +101,14 @@ def available_datasets() -> list[str]:
     return get_numbered_binary_tags()
 
 
+HUB_DATASETS = tuple(SparseProbingEvalConfig().dataset_names)
+"""SAEBench's default sparse-probing datasets (bias_in_bios, amazon, ag_news, europarl, github-code),
+loaded from the Hugging Face hub by sae-bench's own ``get_multi_label_train_test_data``."""
+
+
 def check_dataset_names(names: list[str]) -> None:
     valid = available_datasets()
-    unknown = [n for n in names if n not in valid]
+    unknown = [n for n in names if n not in valid and n not in HUB_DATASETS]
     if unknown:
         from sae_probes.constants import DATA_PATH
 
@@ -103,14 +117,34 @@ def check_dataset_names(names: list[str]) -> None:
             f"{', '.join(EXAMPLE_DATASETS)}; the full list "
             f"({len(valid)} binary datasets) is the 'Dataset save name' column of "
             f"{DATA_PATH.parent / 'probing_datasets_MASTER.csv.zst'} (binary rows), or "
-            "sae_probes.utils_data.get_numbered_binary_tags()"
+            "sae_probes.utils_data.get_numbered_binary_tags(); SAEBench's hub datasets are "
+            + ", ".join(HUB_DATASETS)
         )
+
+
+def load_hub_split(name: str, n_train: int, n_test: int, seed: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """SAEBench's own loader for its hub datasets (class name -> prompts, up to 5 classes, each probed
+    one-vs-rest). Offline or gated, it fails with one line naming the dataset and the way out."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return dataset_utils.get_multi_label_train_test_data(name, n_train, n_test, seed)
+    except Exception as exc:  # datasets raises several types for no network / no access
+        reason = str(exc).splitlines()[0][:200]
+        raise RuntimeError(
+            f"evals.sparse_probing: cannot load hub dataset {name!r} ({type(exc).__name__}: {reason}); it needs "
+            "network access to huggingface.co, or a local HF datasets cache made once online (then set "
+            "HF_DATASETS_OFFLINE=1); or use sae-probes' shipped datasets instead (e.g. 96_spam_is)"
+        ) from None
 
 
 def load_split(name: str, n_train: int, n_test: int, seed: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Balanced, disjoint train/test prompts of one sae-probes dataset, as SAEBench's class dicts
-    ``{"1": [...], "0": [...]}`` (label 1 is the class sae-probes' LabelEncoder maps to 1)."""
+    ``{"1": [...], "0": [...]}`` (label 1 is the class sae-probes' LabelEncoder maps to 1); SAEBench's
+    hub datasets go through its own loader."""
     from sae_probes.utils_data import get_train_test_indices, get_yvals, read_numbered_dataset_df
+
+    if name in HUB_DATASETS:
+        return load_hub_split(name, n_train, n_test, seed)
 
     df = read_numbered_dataset_df(name)
     prompts = df["prompt"].to_numpy()[:MAX_ROWS]
@@ -306,18 +340,21 @@ def sklearn_full_probe(train: dict[str, torch.Tensor], test: dict[str, torch.Ten
     return sum(accs.values()) / len(accs)
 
 
-def selected_latents(train: dict[str, torch.Tensor], k_values: list[int]) -> dict[str, list[int]]:
-    """The SAE latents picked for each k (positive class '1'; class '0' picks the same ones, since the
-    score is an absolute mean difference)."""
-    acts = torch.cat([train["1"], train["0"]])
-    labels = torch.cat([torch.ones(len(train["1"])), torch.zeros(len(train["0"]))]).to(torch.int)
-    return {str(k): top_k_latents(acts, labels, k) for k in k_values}
+def selected_latents(train: dict[str, torch.Tensor], k_values: list[int]) -> dict[str, Any]:
+    """The SAE latents picked for each k, one-vs-rest per class as the probes pick them. A binary
+    dataset's two classes pick the same latents (the score is an absolute mean difference), so only
+    class '1' is listed, as {k: latents}; a multi-class one gets {class: {k: latents}}."""
+    binary = set(train) == {"1", "0"}
+    out = {}
+    for cls in ["1"] if binary else list(train):
+        x, y = probe_training.prepare_probe_data(train, cls, False)
+        out[cls] = {str(k): top_k_latents(x, y, k) for k in k_values}
+    return out["1"] if binary else out
 
 
 # --- prepare (once per model, hook and dataset) / evaluate (per SAE) ---------------------------------
 
 SPLITS = ("train", "test")
-CLASSES = ("1", "0")
 
 
 def acts_name(dataset: str, split: str, cls: str) -> str:
@@ -350,7 +387,7 @@ def prepare(env: EvalEnv, p: SparseProbingSpec, sink: TensorSink) -> dict[str, A
             for split, text in zip(SPLITS, (train_text, test_text), strict=True):
                 tok = tokenize(text, tokenizer, p.context_size, spec.device, env.prepend_bos)
                 pooled[split] = {}
-                for cls in CLASSES:
+                for cls in tok:
                     parts = []
                     tokens = tok[cls]["input_ids"]
                     for i in range(0, len(tokens), p.batch_size):
@@ -367,6 +404,7 @@ def prepare(env: EvalEnv, p: SparseProbingSpec, sink: TensorSink) -> dict[str, A
                 llm = llm_probes(pooled["train"], pooled["test"], list(p.k_values))
                 sink.put(f"{name}/rng_after_llm_probes", torch.get_rng_state())
             meta[name] = {
+                "classes": list(train_text),
                 "llm_per_class": llm,
                 "llm_sklearn_test_accuracy": sklearn_full_probe(pooled["train"], pooled["test"]),
                 "n_train_per_class": {c: len(v) for c, v in train_text.items()},
@@ -381,7 +419,7 @@ def sae_pooled(prepared: Prepared, name: str, split: str, sae: Any, batch_size: 
     """Pooled SAE latents per class, streamed batch by batch from the cached activations
     (SAEBench's ``get_sae_meaned_activations``: latents at masked tokens are multiplied away)."""
     out = {}
-    for cls in CLASSES:
+    for cls in prepared.meta[name]["classes"]:
         parts = [
             activation_collection.get_sae_meaned_activations({"x": acts}, sae, batch_size)["x"]
             for acts in prepared.batches(acts_name(name, split, cls), batch_size)
@@ -443,7 +481,7 @@ def evaluate(
             SparseProbingResultDetail(dataset_name=key, **res) for key, res in dataset_results.items()
         ],
         eval_result_unstructured={
-            "data_source": DATA_SOURCE.format(version=version("sae-probes")),
+            "data_source": data_source(list(p.datasets)),
             "sampling": f"sae-probes get_train_test_indices (balanced, disjoint, first {MAX_ROWS} rows), seed {p.seed}",
             "per_class_results": per_class_results,
             "per_dataset_extras": extras,

@@ -315,3 +315,12 @@ def test_stage_writes_saebench_sparse_probing_json(tiny_run, tmp_path: Path) -> 
     acts = prepared[EASY].tensor(sp.acts_name(EASY, "train", "1"))
     assert acts.shape == (100, 32, 576) and (acts[:, 0] == 0).all()  # BOS masked
     assert set(prepared[EASY].meta[EASY]) >= {"llm_per_class", "llm_sklearn_test_accuracy"}
+
+
+def test_hub_dataset_offline_fails_with_one_line_naming_it() -> None:
+    """SAEBench's own datasets come from the hub; here there is no network, and the error says so."""
+    sp.check_dataset_names(["LabHC/bias_in_bios_class_set1"])  # a known name passes the early check
+    with pytest.raises(RuntimeError) as err:
+        sp.load_split("LabHC/bias_in_bios_class_set1", 40, 20, 0)
+    msg = str(err.value)
+    assert "\n" not in msg and "LabHC/bias_in_bios_class_set1" in msg and "HF_DATASETS_OFFLINE" in msg
