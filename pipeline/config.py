@@ -210,21 +210,77 @@ class SyntheticEvalSpec(Strict):
     """Also score each SAE with leave-one-out pruning at inference (threshold tau) as its own variant."""
 
 
+class EvalSection(Strict):
+    """An eval switched on with ``enabled: true``. Its other keys are the eval's own settings, checked
+    against the eval's params class, which is imported only when the eval is enabled (the evals pull in
+    sae-bench; a config that does not use them should load in a blink)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    enabled: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+LAZY_EVAL_PARAMS = {
+    "absorption": "evals.absorption:AbsorptionParams",
+    "scr": "evals.scr_tpp:ScrTppParams",
+    "tpp": "evals.scr_tpp:ScrTppParams",
+    "unlearning": "evals.unlearning:UnlearningParams",
+}
+"""Evals whose settings class lives with the eval's code (SCR and TPP share one: one prepare serves both)."""
+
+
+def eval_params_class(name: str) -> type[BaseModel]:
+    """The pydantic class of an eval's settings."""
+    if name in LAZY_EVAL_PARAMS:
+        import importlib
+
+        module, cls = LAZY_EVAL_PARAMS[name].split(":")
+        return getattr(importlib.import_module(module), cls)
+    return {"sparse_probing": SparseProbingSpec, "sae_probes": SaeProbesSpec}[name]
+
+
 class EvalsSpec(Strict):
     core: CoreEvalSpec = CoreEvalSpec()
     sparse_probing: SparseProbingSpec = SparseProbingSpec()
     sae_probes: SaeProbesSpec = SaeProbesSpec()
+    absorption: EvalSection = EvalSection()
+    scr: EvalSection = EvalSection()
+    tpp: EvalSection = EvalSection()
+    unlearning: EvalSection = EvalSection()
     synthetic: SyntheticEvalSpec = SyntheticEvalSpec()
     max_chunk_mib: Annotated[int, Field(gt=0, le=4096)] = 256
     """Largest file any eval writes: bigger tensors are cut into parts of at most this size."""
 
-    def enabled(self) -> dict[str, Any]:
-        """The SAEBench evals switched on (besides core), by name: their validated sections."""
-        return {name: getattr(self, name) for name in EVAL_PARAMS if getattr(self, name).enabled}
+    @model_validator(mode="after")
+    def _lazy_sections_valid(self) -> EvalsSpec:
+        problems = []
+        for name in LAZY_EVAL_PARAMS:
+            section: EvalSection = getattr(self, name)
+            if not section.enabled and not section.settings():
+                continue  # nothing to check, nothing to import
+            try:
+                eval_params_class(name).model_validate(section.settings())
+            except ValidationError as exc:
+                problems += [_format_error({**e, "loc": ("evals", name, *e["loc"])}) for e in exc.errors()]
+        if problems:
+            raise ValueError("\n".join(problems))  # parse_config lists each on its own line
+        return self
+
+    def enabled(self) -> dict[str, dict[str, Any]]:
+        """The SAEBench evals switched on (besides core), by name: every setting, defaults filled in."""
+        out = {}
+        for name in EVAL_NAMES:
+            section = getattr(self, name)
+            if section.enabled:
+                raw = section.settings() if isinstance(section, EvalSection) else section.model_dump(exclude={"enabled"})
+                out[name] = eval_params_class(name).model_validate(raw).model_dump(mode="json", exclude={"enabled"})
+        return out
 
 
-EVAL_PARAMS: dict[str, type[BaseModel]] = {"sparse_probing": SparseProbingSpec, "sae_probes": SaeProbesSpec}
-"""Each SAEBench eval's config section; its fields (minus ``enabled``) are the eval's params."""
+EVAL_NAMES = ("sparse_probing", "sae_probes", "absorption", "scr", "tpp", "unlearning")
+"""SAEBench evals with a shared prep stage, in report order (core and synthetic are separate)."""
 
 
 StageKind = Literal[
@@ -348,6 +404,8 @@ def resolve_config_path(name_or_path: str) -> Path:
 def _format_error(err: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error" and msg.startswith(f"{loc}."):  # names its own fields (lazy eval sections)
+        return msg
     if not loc:  # whole-config checks name their fields themselves
         return msg
     if err["type"] == "missing":
@@ -363,7 +421,7 @@ def parse_config(data: Any, source: str = "<config>") -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from None
+        raise ConfigError(source, [line for e in exc.errors() for line in _format_error(e).split("\n")]) from None
 
 
 def load_config(name_or_path: str) -> tuple[PipelineConfig, Path]:

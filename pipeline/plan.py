@@ -88,10 +88,10 @@ def _prep_stages(cfg: PipelineConfig) -> dict[str, dict[str, Stage]]:
     assert cfg.data is not None
     out: dict[str, dict[str, Stage]] = {}
     by_key: dict[str, Stage] = {}
-    for name, section in cfg.evals.enabled().items():
+    for name, settings in cfg.evals.enabled().items():
         spec = EVALS[name]
         out[name] = {}
-        for unit, params in spec.prep_units(section.model_dump(exclude={"enabled"})).items():
+        for unit, params in spec.prep_units(settings).items():
             label = f"eval_prep:{spec.prep}" + (f":{unit}" if unit != "all" else "")
             prep_params = {"eval": spec.prep, "model": _model_params(cfg), "prepend_bos": cfg.data.prepend_bos, "params": params}
             stage = Stage("eval_prep", label, prep_params)
@@ -122,9 +122,9 @@ def _evals(cfg: PipelineConfig, sae_id: str, train: Stage, synth: Stage | None, 
     if ev.core.enabled:
         params = {"model": _model_params(cfg), "data": cfg.data.model_dump(), "core": ev.core.model_dump(exclude={"enabled"})}
         out.append(Stage("eval_core", f"eval_core:{sae_id}", params, {"sae": train}))
-    for name, section in ev.enabled().items():
+    for name, settings in ev.enabled().items():
         inputs = {"sae": train, **{f"prep:{unit}": s for unit, s in preps[name].items()}}
-        params = {"params": section.model_dump(exclude={"enabled"})}
+        params = {"params": settings}
         out.append(Stage(f"eval_{name}", f"eval_{name}:{sae_id}", params, inputs))
     return out
 

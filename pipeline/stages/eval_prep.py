@@ -29,11 +29,10 @@ def env_for(ctx: StageContext, label: str = "") -> EvalEnv:
 
 
 def params_class(family: str) -> Any:
-    """The pydantic params of the first eval in a prep family (they share one prepare)."""
-    from pipeline.config import EVAL_PARAMS
+    """The settings class of the evals in a prep family (they share one prepare, and one class)."""
+    from pipeline.config import eval_params_class
 
-    name = next(d.name for d in EVALS.values() if d.prep == family)
-    return EVAL_PARAMS[name]
+    return eval_params_class(next(d.name for d in EVALS.values() if d.prep == family))
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from evals.core import load_trained_sae
 from evals.registry import EVALS
-from pipeline.config import EVAL_PARAMS
+from pipeline.config import eval_params_class
 from pipeline.stages.context import StageContext
 from pipeline.stages.eval_prep import env_for, open_prepared
 
@@ -19,7 +19,7 @@ from pipeline.stages.eval_prep import env_for, open_prepared
 def run(ctx: StageContext) -> dict[str, Any]:
     name = ctx.stage.kind.removeprefix("eval_")
     spec = EVALS[name]
-    params = EVAL_PARAMS[name].model_validate(ctx.stage.params["params"])
+    params = eval_params_class(name).model_validate(ctx.stage.params["params"])
     preps = {n.removeprefix("prep:"): s for n, s in ctx.stage.inputs.items() if n.startswith("prep:")}
     prepared = {unit: open_prepared(ctx.store, stage) for unit, stage in preps.items()}
     sae = load_trained_sae(ctx)
