@@ -39,14 +39,17 @@ class EvalDef:
         return {str(v): {**shared, self.split_by: [v]} for v in params[self.split_by]}
 
 
+SCR_TPP_SAE_ONLY = ("n_values", "sae_batch_size")
+"""Read only by SCR's / TPP's per-SAE half: SCR and TPP sections differing only here share one prep."""
+
 EVALS: dict[str, EvalDef] = {
     d.name: d
     for d in (
         EvalDef("sparse_probing", "evals.sparse_probing", "sparse_probing.json", "sparse_probing", split_by="datasets"),
         EvalDef("sae_probes", "evals.sae_probes", "sae_probes.json", "sae_probes", split_by="datasets"),
         EvalDef("absorption", "evals.absorption", "absorption.json", "absorption"),
-        EvalDef("scr", "evals.scr_tpp", "scr.json", "scr_tpp", evaluate="evaluate_scr"),
-        EvalDef("tpp", "evals.scr_tpp", "tpp.json", "scr_tpp", evaluate="evaluate_tpp"),
+        EvalDef("scr", "evals.scr_tpp", "scr.json", "scr_tpp", evaluate="evaluate_scr", prep_exclude=SCR_TPP_SAE_ONLY),
+        EvalDef("tpp", "evals.scr_tpp", "tpp.json", "scr_tpp", evaluate="evaluate_tpp", prep_exclude=SCR_TPP_SAE_ONLY),
         EvalDef("unlearning", "evals.unlearning", "unlearning.json", "unlearning"),
     )
 }
