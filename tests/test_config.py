@@ -110,9 +110,11 @@ def test_shipped_configs_are_valid() -> None:
 
 def test_plan_of_the_gemma_config_works_offline(tmp_path: Path) -> None:
     proc = run_cli("plan", "gemma2b_l12", artifacts=tmp_path / "a")
-    for label in ("activations", "train:batchtopk_16k_k64-s0", "eval_core:batchtopk_16k_k64-s0", "report"):
+    for label in ("activations", "train:batchtopk_16k_k64-s0", "eval_core:batchtopk_16k_k64-s0", "report",
+                  "eval_prep:sparse_probing:LabHC/bias_in_bios_class_set1", "eval_prep:scr_tpp", "eval_tpp:batchtopk_16k_k64-s0"):  # fmt: skip
         assert label in proc.stderr
-    assert proc.stderr.count("missing") == 4
+    # activations, train, report, 6 per-SAE evals, 8 + 5 + 1 + 1 prep stages: all missing, nothing downloaded
+    assert proc.stderr.count("missing") == 24
 
 
 def test_recipe_pieces_need_the_saepipe_trainer() -> None:
@@ -140,3 +142,32 @@ def test_synthetic_run_takes_no_model() -> None:
     cfg = tiny_config(synthetic={"num_features": 64, "hidden_dim": 16, "hierarchy": None})
     [line] = problems_of(cfg)
     assert line.startswith("synthetic: a synthetic run takes no `model` or `data`")
+
+
+def test_eval_sections_are_checked_against_the_evals_own_settings() -> None:
+    evals = {
+        "absorption": {"enabled": True, "max_k_valu": 3},
+        "scr": {"enabled": True, "train_set_size": 10},
+        "unlearning": {"enabled": False, "multiplier": [25]},  # a typo in a section that is off still counts
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(tiny_config(evals=evals))
+    problems = err.value.problems
+    assert any(p.startswith("evals.absorption.max_k_valu: unknown key") for p in problems), problems
+    assert any(p.startswith("evals.scr") and "multiple of 4" in p for p in problems), problems
+    assert any(p.startswith("evals.unlearning.multiplier: unknown key") for p in problems), problems
+    assert all("\n" not in p for p in problems)
+    with pytest.raises(ConfigError, match=r"evals.sae_probes.ks.0: bad value 3"):
+        parse_config(tiny_config(evals={"sae_probes": {"enabled": True, "ks": [3]}}))
+
+
+def test_scr_and_tpp_share_one_prep_unless_their_data_differs() -> None:
+    from pipeline.plan import build_plan
+
+    def preps(scr: dict, tpp: dict) -> list[str]:
+        cfg = parse_config(tiny_config(evals={"scr": {"enabled": True, **scr}, "tpp": {"enabled": True, **tpp}}))
+        return [s.label for s in build_plan(cfg) if s.kind == "eval_prep"]
+
+    assert preps({}, {"n_values": [2, 5]}) == ["eval_prep:scr_tpp"]  # per-SAE settings only: shared
+    two = preps({}, {"train_set_size": 200})
+    assert len(two) == 2 and two[0] == "eval_prep:scr_tpp" and two[1].startswith("eval_prep:scr_tpp#")
