@@ -50,7 +50,8 @@ EVALS: dict[str, EvalDef] = {
         EvalDef("absorption", "evals.absorption", "absorption.json", "absorption"),
         EvalDef("scr", "evals.scr_tpp", "scr.json", "scr_tpp", evaluate="evaluate_scr", prep_exclude=SCR_TPP_SAE_ONLY),
         EvalDef("tpp", "evals.scr_tpp", "tpp.json", "scr_tpp", evaluate="evaluate_tpp", prep_exclude=SCR_TPP_SAE_ONLY),
-        EvalDef("unlearning", "evals.unlearning", "unlearning.json", "unlearning"),
+        EvalDef("unlearning", "evals.unlearning", "unlearning.json", "unlearning",
+                prep_exclude=("retain_thresholds", "n_features_list", "multipliers")),  # fmt: skip
     )
 }
 PREP_MODULES = {d.prep: d.module for d in EVALS.values()}
