@@ -185,7 +185,7 @@ def main() -> None:
             result[f"ours_{n}_sae"] = run_ours(raw, clone_upstream(base, tmp / f"s{n}"), tmp)
             print(f"ours, {n} SAE(s): {result[f'ours_{n}_sae']}", flush=True)
         result["ours_ratio_4_vs_1"] = round(result["ours_4_sae"]["eval_stage_s"] / result["ours_1_sae"]["eval_stage_s"], 3)
-        result["peak_rss_mib_1_sae"] = peak_memory(raw1, clone_upstream(base, tmp / "mem"), tmp)
+        save(result, args.out)
         if parse_config(raw4).evals.sparse_probing.enabled:
             ref = {n: saebench_sparse_probing(raw4, base, n) for n in (1, 4)}
             ours = {n: sum(v for k, v in result[f"ours_{n}_sae"]["by_kind_s"].items() if "sparse_probing" in k) for n in (1, 4)}
@@ -195,10 +195,16 @@ def main() -> None:
                 "speedup_vs_saebench": {n: round(ref[n] / ours[n], 2) for n in (1, 4)},
             }
             print(f"sparse probing: {result['sparse_probing']}", flush=True)
-    text = json.dumps(result, indent=2)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+            save(result, args.out)
+        result["peak_rss_mib_1_sae"] = peak_memory(raw1, clone_upstream(base, tmp / "mem"), tmp)
+    print(json.dumps(result, indent=2))
+    save(result, args.out)
+
+
+def save(result: dict[str, Any], out: str) -> None:
+    """Written after every phase, so a long run cut short keeps what it measured."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
