@@ -21,6 +21,7 @@ PLOT_METRICS = [
     "mcc",
     "uniqueness",
     "probe_sae_top1_acc",
+    "saeprobes_top1_acc",
     "absorption_fraction",
     "scr@20",
     "tpp@20",
