@@ -259,3 +259,19 @@ def test_a_failing_eval_keeps_the_others_and_is_retried_alone(first_run, tmp_pat
     assert [k for k, v in got.items() if v == "ran"] == ["eval_sparse_probing:a-s0", "eval_sparse_probing:b-s0", "report"]
     report = (copy.root / "tiny" / "report.md").read_text()
     assert "Incomplete" not in report and "probe_llm_acc" in report
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt install chromium)")
+def test_report_renders_in_headless_chromium(first_run, tmp_path: Path) -> None:
+    """The page opens offline in a real browser: its DOM after rendering keeps every table and plot."""
+    store, _, _ = first_run
+    page = store.root / "tiny" / "report.html"
+    proc = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    dom = proc.stdout
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert dom.count("<svg") == page.read_text().count("<svg") >= 3
+    assert "Sparse probing (SAE latents vs the model's own activations)" in dom and dom.count("<table") >= 4
