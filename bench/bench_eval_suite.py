@@ -105,6 +105,17 @@ def run_ours(raw: dict[str, Any], store: ArtifactStore, folder: Path) -> dict[st
     return {"wall_s": round(wall, 2), "eval_stage_s": round(sum(seconds.values()), 2), "by_kind_s": by_kind(seconds)}
 
 
+# Linux carries a process's peak RSS across exec: a child forked from this (model-holding) process
+# would report at least our own size. So each stage is started by a bare Python launcher, whose own
+# footprint is ~10 MB, and the launcher reports its child's peak.
+LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)"
+)
+
+
 def peak_memory(raw: dict[str, Any], store: ArtifactStore, folder: Path) -> dict[str, float]:
     """Max RSS (MiB) of each eval stage run alone in its own process, in plan order."""
     cfg_path = write(raw, folder)
@@ -113,11 +124,11 @@ def peak_memory(raw: dict[str, Any], store: ArtifactStore, folder: Path) -> dict
         if s.kind not in EVAL_KINDS:
             continue
         cmd = [sys.executable, "-m", "pipeline.cli", "run-stage", str(cfg_path), s.key, "--artifacts", str(store.root), "--quiet"]
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
+        proc = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], cwd=REPO, capture_output=True, text=True)
+        code, max_kib = proc.stdout.split()
+        if code != "0":
             sys.exit(f"{cmd} failed")
-        out[s.label] = round(usage.ru_maxrss / 1024, 1)  # KiB on Linux
+        out[s.label] = round(int(max_kib) / 1024, 1)  # KiB on Linux
     return out
 
 
@@ -172,7 +183,18 @@ def main() -> None:
     parser.add_argument("--config", default="default")
     parser.add_argument("--tokens", type=int, default=60_000)
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "eval_suite.json"))
+    parser.add_argument("--memory-only", action="store_true", help="only the per-stage peak memory (1 SAE)")
     args = parser.parse_args()
+    if args.memory_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw1 = bench_config(args.config, args.tokens, 1)
+            store = ArtifactStore(Path(tmp) / "base")
+            train_all(raw1, store)
+            memory = peak_memory(raw1, store, Path(tmp))
+        print(json.dumps(memory, indent=2))
+        previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+        save({**previous, "peak_rss_mib_1_sae": memory}, args.out)
+        return
     result: dict[str, Any] = {"config": args.config, "torch_threads": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
