@@ -54,3 +54,23 @@ def run_cli(*args: str, artifacts: Path, check: bool = True, **kw: Any) -> subpr
 def shared_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One artifact root for tests that may share cached stages (content keys keep them apart)."""
     return tmp_path_factory.mktemp("shared_artifacts")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(shared_artifacts: Path) -> tuple:
+    """The tiny config's activations and train stages, run in-process once for every test module:
+    (config, store, train stage)."""
+    from pipeline.artifacts import ArtifactStore
+    from pipeline.config import parse_config
+    from pipeline.executors.stage_runner import execute
+    from pipeline.plan import build_plan
+    from pipeline.progress import Reporter
+
+    cfg = parse_config(tiny_config())
+    store = ArtifactStore(shared_artifacts)
+    stages = build_plan(cfg)
+    train = next(s for s in stages if s.kind == "train")
+    for stage in (next(s for s in stages if s.kind == "activations"), train):
+        if not store.is_complete(stage.kind, stage.key):
+            execute(cfg, store, stage, Reporter(enabled=False))
+    return cfg, store, train

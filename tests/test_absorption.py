@@ -25,13 +25,8 @@ from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig
 
 import evals.absorption as ab
 from evals.prepared import EvalEnv, Prepared, prepare_in_memory
-from pipeline.artifacts import ArtifactStore
-from pipeline.config import parse_config
-from pipeline.executors.stage_runner import execute
 from pipeline.models.cache import get_model
-from pipeline.plan import build_plan
 from pipeline.progress import Reporter
-from tests.conftest import tiny_config
 
 QUIET = Reporter(enabled=False)
 PARAMS = ab.AbsorptionParams(words_per_letter=16, min_feats_for_eval=2, min_GT_probe_f1=0.4)
@@ -115,20 +110,6 @@ def test_too_few_letters_passing_the_probe_gate_raises_like_saebench_stops() -> 
 
 
 # --- (b) the real model and a trained tiny SAE -------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_run(shared_artifacts: Path) -> tuple:
-    """The tiny config's activations and train stages, run in-process (cached across test modules)."""
-    cfg = parse_config(tiny_config())
-    store = ArtifactStore(shared_artifacts)
-    stages = build_plan(cfg)
-    acts = next(s for s in stages if s.kind == "activations")
-    train = next(s for s in stages if s.kind == "train")
-    for stage in (acts, train):
-        if not store.is_complete(stage.kind, stage.key):
-            execute(cfg, store, stage, QUIET)
-    return cfg, store, train
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,11 @@ import torch
 import evals.sae_probes as sprobes
 from evals.core import load_trained_sae
 from evals.prepared import EvalEnv, prepare_in_memory
-from pipeline.artifacts import ArtifactStore
-from pipeline.config import SaeProbesSpec, parse_config
-from pipeline.executors.stage_runner import execute
+from pipeline.config import SaeProbesSpec
 from pipeline.models.cache import get_model
-from pipeline.plan import Stage, build_plan
+from pipeline.plan import Stage
 from pipeline.progress import Reporter
 from pipeline.stages.context import StageContext
-from tests.conftest import tiny_config
 
 # the package re-exports functions under its modules' names: fetch the modules themselves
 generate_sae_activations = importlib.import_module("sae_probes.generate_sae_activations")
@@ -33,14 +30,8 @@ PARAMS = SaeProbesSpec(enabled=True, datasets=[EASY], ks=[1, 2, 5], num_train=10
 
 
 @pytest.fixture(scope="module")
-def setup(shared_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    cfg = parse_config(tiny_config())
-    store = ArtifactStore(shared_artifacts)
-    stages = build_plan(cfg)
-    train = next(s for s in stages if s.kind == "train")
-    for stage in (stages[0], train):
-        if not store.is_complete(stage.kind, stage.key):
-            execute(cfg, store, stage, QUIET)
+def setup(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    cfg, store, train = tiny_run
     probe = Stage("eval_sae_probes", "eval_sae_probes:btk-s0", {}, {"sae": train})
     ctx = StageContext(probe, cfg, store, store.staging_dir(probe.kind, probe.key), store.work_dir(probe.kind, probe.key), QUIET)
     sae = load_trained_sae(ctx)

@@ -24,14 +24,12 @@ from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 import evals.sparse_probing as sp
 from evals.core import load_trained_sae
 from pipeline.artifacts import ArtifactStore
-from pipeline.config import SparseProbingSpec, parse_config
-from pipeline.executors.stage_runner import execute
+from pipeline.config import SparseProbingSpec
 from pipeline.models.cache import get_model
-from pipeline.plan import Stage, build_plan
+from pipeline.plan import Stage
 from pipeline.progress import Reporter
 from evals.prepared import EvalEnv, prepare_in_memory
 from pipeline.stages.context import StageContext
-from tests.conftest import tiny_config
 
 QUIET = Reporter(enabled=False)
 EASY = "96_spam_is"  # spam vs ham SMS: lexical, easy at layer 3 (LLM probe ~0.98 with 200 prompts)
@@ -136,20 +134,6 @@ def test_split_is_balanced_disjoint_and_deterministic() -> None:
 
 
 # --- shared: a trained tiny SAE ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_run(shared_artifacts: Path) -> tuple:
-    """The tiny config's activations and train stages, run in-process (cached across test modules)."""
-    cfg = parse_config(tiny_config())
-    store = ArtifactStore(shared_artifacts)
-    stages = build_plan(cfg)
-    acts = next(s for s in stages if s.kind == "activations")
-    train = next(s for s in stages if s.kind == "train")
-    for stage in (acts, train):
-        if not store.is_complete(stage.kind, stage.key):
-            execute(cfg, store, stage, QUIET)
-    return cfg, store, train
 
 
 def probing_stage(train: Stage, **params) -> Stage:

@@ -22,13 +22,8 @@ from sae_lens import SAE
 import evals.unlearning as U
 from evals.fixtures import unlearning_mcq as fx
 from evals.prepared import EvalEnv, Prepared, TensorSink, prepare_in_memory
-from pipeline.artifacts import ArtifactStore
-from pipeline.config import parse_config
-from pipeline.executors.stage_runner import execute
 from pipeline.models.cache import get_model
-from pipeline.plan import build_plan
 from pipeline.progress import Reporter
-from tests.conftest import tiny_config
 
 QUIET = Reporter(enabled=False)
 
@@ -118,20 +113,6 @@ def test_score_table_matches_saebench_get_metrics_df(tmp_path: Path) -> None:
 
 
 # --- with the model and a trained tiny SAE -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_run(shared_artifacts: Path) -> tuple:
-    """The tiny config's activations and train stages, run in-process (cached across test modules)."""
-    cfg = parse_config(tiny_config())
-    store = ArtifactStore(shared_artifacts)
-    stages = build_plan(cfg)
-    acts = next(s for s in stages if s.kind == "activations")
-    train = next(s for s in stages if s.kind == "train")
-    for stage in (acts, train):
-        if not store.is_complete(stage.kind, stage.key):
-            execute(cfg, store, stage, QUIET)
-    return cfg, store, train
 
 
 @pytest.fixture(scope="module")
