@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench
+.PHONY: install demo test test-fast bench
 
 install: $(STAMP)
 
@@ -25,5 +25,20 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+# The edit loop: unit and parity tests on tiny tensors (no real model run, no cluster); target < 3 min.
+test-fast: install
+	$(PY) -m pytest -m "not slow" -q
+
 bench: install
 	$(PY) bench/run_all.py
+
+# Wheels for the prepared GPU check (bench/gpu/WHEELS.txt) into .whl/, for a GPU machine without network.
+.PHONY: gpu-wheels
+gpu-wheels:
+	mkdir -p .whl
+	grep -v '^#' bench/gpu/WHEELS.txt | grep . | while read spec; do \
+	  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    -d .whl "$$spec" || echo "gpu-wheels: no wheel for $$spec"; \
+	done
+	du -sh .whl

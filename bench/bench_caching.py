@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline.artifacts import ArtifactStore
-from pipeline.config import parse_config
+from pipeline.loading import parse_config
 from pipeline.data.contexts import token_contexts
 from pipeline.data.corpora import documents
 from pipeline.executors.stage_runner import execute

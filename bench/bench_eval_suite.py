@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline.artifacts import ArtifactStore  # noqa: E402
-from pipeline.config import load_config, parse_config  # noqa: E402
+from pipeline.loading import load_config, parse_config  # noqa: E402
 from pipeline.executors.local import run_local  # noqa: E402
 from pipeline.plan import build_plan  # noqa: E402
 from pipeline.progress import Reporter  # noqa: E402
@@ -142,14 +142,15 @@ def saebench_sparse_probing(raw: dict[str, Any], store: ArtifactStore, n_saes: i
     from sae_bench.sae_bench_utils import activation_collection
     from sae_lens import SAE
 
-    import evals.sparse_probing as sp
+    from evals.sparse_probing import data as sp_data
+    from evals.sparse_probing import probes as sp
     from pipeline.models.cache import get_model
 
     cfg = parse_config(raw)
     p = cfg.evals.sparse_probing
     model, tokenizer = get_model(cfg.model)
     hook, layer = cfg.model.hook, cfg.model.layer
-    splits = {name: sp.load_split(name, p.n_train, p.n_test, p.seed) for name in p.datasets}
+    splits = {name: sp_data.load_split(name, p.n_train, p.n_test, p.seed) for name in p.datasets}
 
     def get_dataset_activations(name: str, *_: Any) -> tuple[dict, dict]:
         out = []
@@ -202,7 +203,7 @@ def main() -> None:
         base = ArtifactStore(tmp / "base")
         train_all(raw4, base)
         raw1 = {**raw4, "name": "bench_evals_1", "saes": [{**raw4["saes"][0], "seeds": [0]}]}
-        result["evals"] = sorted(parse_config(raw4).evals.enabled()) + (["core"] if raw4["evals"]["core"]["enabled"] else [])
+        result["evals"] = sorted(n for n, s in parse_config(raw4).evals.sections().items() if s.enabled)
         for n, raw in ((1, raw1), (4, raw4)):
             result[f"ours_{n}_sae"] = run_ours(raw, clone_upstream(base, tmp / f"s{n}"), tmp)
             print(f"ours, {n} SAE(s): {result[f'ours_{n}_sae']}", flush=True)

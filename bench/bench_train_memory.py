@@ -28,7 +28,7 @@ CHILD = """
 import json, resource, sys
 from pathlib import Path
 from pipeline.artifacts import ArtifactStore
-from pipeline.config import parse_config
+from pipeline.loading import parse_config
 from pipeline.executors.stage_runner import execute
 from pipeline.plan import build_plan
 from pipeline.progress import Reporter
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/train_memory.json")
     args = parser.parse_args()
     from pipeline.artifacts import ArtifactStore
-    from pipeline.config import parse_config
+    from pipeline.loading import parse_config
     from pipeline.plan import build_plan
 
     results = []

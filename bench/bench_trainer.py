@@ -35,7 +35,7 @@ def time_steps(step: Callable[[], None], warmup: int, steps: int) -> float:
 
 def saepipe_step(x: torch.Tensor) -> Callable[[], None]:
     from pipeline.recipes.coder import build_coder
-    from pipeline.recipes.spec import RecipeSpec
+    from pipeline.config.recipe import RecipeSpec
 
     coder = build_coder(RecipeSpec(), D_IN, D_SAE, K, seed=0)
     opt = torch.optim.Adam(coder.parameters(), lr=1e-4)

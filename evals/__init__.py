@@ -1,1 +1,2 @@
-"""SAEBench-style evals. Each module is one eval stage: (SAE artifact, model, held-out data) -> SAEBench JSON."""
+"""SAEBench-style evals, one package each (``evals/<name>/``: config, prepare, evaluate, output, README),
+declared to the pipeline by ``EVAL = EvalDef(...)`` and listed in ``evals/registry.py``."""

@@ -12,10 +12,13 @@ from pathlib import Path
 
 from rich.table import Table
 
+from pipeline import disk
 from pipeline.artifacts import ArtifactStore
-from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.loading import load_config
 from pipeline.plan import Stage, build_plan, downstream, select
 from pipeline.progress import Reporter, console
+from pipeline.stages.registry import kind_of
 
 
 def _store(args: argparse.Namespace) -> ArtifactStore:
@@ -27,20 +30,44 @@ def _load(args: argparse.Namespace) -> tuple[PipelineConfig, list[Stage]]:
     return cfg, build_plan(cfg)
 
 
+def planned_bytes(stage: Stage) -> int | None:
+    estimate = kind_of(stage.kind).planned_bytes
+    return estimate(stage) if estimate is not None else None
+
+
+def to_write(stages: list[Stage], store: ArtifactStore, forced: set[str]) -> list[tuple[Stage, int | None]]:
+    """The stages a run would compute (not done, or forced), with the bytes each will write."""
+    from pipeline.state import stage_state
+
+    return [(s, planned_bytes(s)) for s in stages if s.label in forced or stage_state(store, s) != "done"]
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pipeline.executors.stage_runner import stage_state
+    from pipeline.state import stage_state
 
     cfg, stages = _load(args)
     store = _store(args)
     table = Table(title=f"plan for {cfg.name} ({len(stages)} stages)")
-    for col in ("stage", "kind", "key", "inputs", "state"):
-        table.add_column(col)
+    table.add_column("stage", no_wrap=True)  # labels are what users grep for: never cut them
+    table.add_column("kind")
+    table.add_column("key", no_wrap=True)
+    table.add_column("inputs", max_width=28)
+    table.add_column("state")
+    table.add_column("writes", justify="right", no_wrap=True)
     for s in stages:
         inputs = ", ".join(sorted(i.label for i in s.inputs.values()))
         if len(inputs) > 60:
             inputs = f"{len(s.inputs)} stages"
-        table.add_row(s.label, s.kind, s.key, inputs, stage_state(store, s))
+        table.add_row(s.label, s.kind, s.key, inputs, stage_state(store, s), disk.human(planned_bytes(s)))
     console.print(table)
+    todo = to_write(stages, store, set())
+    unknown = sum(n is None for _, n in todo)
+    console.print(
+        f"still to write: {disk.human(sum(n or 0 for _, n in todo))} in {len(todo)} stages"
+        + (f" ({unknown} of unknown size, counted as 0)" if unknown else "")
+        + f"; free on the artifact filesystem ({store.root}): {disk.human(disk.free_bytes(store.root))}",
+        markup=False,
+    )
     return 0
 
 
@@ -86,12 +113,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 2
     store = _store(args)
     reporter = Reporter(enabled=not args.quiet)
+    if not args.skip_disk_check and (short := disk.shortfall(to_write(stages, store, downstream(stages, force)), store.root)):
+        console.print(f"[red]error:[/] {short}", soft_wrap=True)  # one line, however wide
+        return 2
     if cfg.executor.kind == "slurm":
         from pipeline.executors.slurm import run_slurm
 
         return run_slurm(cfg, cfg_path.resolve(), stages, store, force, reporter, dry_run=args.dry_run, wait=args.wait)
     if args.dry_run:
-        from pipeline.executors.stage_runner import stage_state
+        from pipeline.state import stage_state
 
         forced = downstream(stages, force) if force else set()
         todo = [s for s in stages if s.label in forced or stage_state(store, s) != "done"]
@@ -113,12 +143,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = store.root / cfg.name / "report.md"
     if report.exists() and not failed:
         console.print(f"report: {report}")
-    return 1 if failed or any(o.status == "skipped" for o in outcomes) else 0
+    # Skipped stages wait on a failed input (already counted) or on another process that computes them.
+    return 1 if failed else 0
 
 
 def cmd_run_stage(args: argparse.Namespace) -> int:
-    """Run one stage by key (the body of a SLURM job). A stage already complete is a no-op."""
-    from pipeline.executors.stage_runner import execute, stage_state
+    """Run one stage by key (the body of a SLURM job). A stage already complete is a no-op; one that
+    another process is computing is waited for, and is then usually complete."""
+    from pipeline.executors.stage_runner import execute
+    from pipeline.state import begin, stage_lock
 
     cfg, stages = _load(args)
     stage = next((s for s in stages if s.key == args.key), None)
@@ -126,12 +159,12 @@ def cmd_run_stage(args: argparse.Namespace) -> int:
         console.print(f"[red]error:[/] no stage with key {args.key!r} in {cfg.name}'s plan")
         return 2
     store = _store(args)
-    if stage_state(store, stage) == "done":
-        console.print(f"{stage.label} ({stage.key}) is already complete")
-        return 0
-    if stage_state(store, stage) == "corrupt":
-        store.quarantine(stage.kind, stage.key)
-    execute(cfg, store, stage, Reporter(enabled=not args.quiet))
+    reporter = Reporter(enabled=not args.quiet)
+    with stage_lock(store, stage, wait=True, reporter=reporter):
+        if not begin(store, stage, reporter):
+            console.print(f"{stage.label} ({stage.key}) is already complete")
+            return 0
+        execute(cfg, store, stage, reporter)
     console.print(f"{stage.label} ({stage.key}) complete")
     if stage.kind == "report":
         from pipeline.executors.local import publish_report
@@ -165,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--force", action="append", metavar="STAGE", help="recompute STAGE (kind, label or key) and all that depends on it")
             p.add_argument("--quiet", action="store_true", help="no progress bars")
+            p.add_argument(
+                "--skip-disk-check",
+                action="store_true",
+                help="run even when the stages' estimated bytes exceed the artifact filesystem's free space",
+            )
             p.add_argument(
                 "--executor",
                 choices=["local", "slurm"],

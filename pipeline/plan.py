@@ -1,61 +1,25 @@
-"""Config -> DAG of stages, each with a content key.
+"""Config -> DAG of stages (``pipeline.dag.Stage``), each with a content key.
 
-A stage's key hashes its kind, its code version, its own params and its inputs' keys. So changing one
-SAE's learning rate changes that train stage's key and its evals' keys, and nothing upstream. Params
-hold everything a stage needs, so any process (a SLURM job included) can run a stage from the config
-and the key alone.
+Which stages a config asks for, with which params and inputs; the kinds and their code versions come
+from the stage registry.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import PipelineConfig
+from evals.contract import EvalDef
+from evals.registry import EVALS
+from pipeline.config import EvalConfig, PipelineConfig
+from pipeline.dag import Stage, downstream, select
+from pipeline.stages.registry import kind_of
 
-# Bump a kind's version when its code changes what it produces; every artifact of that kind is then
-# recomputed (and everything downstream, through the input keys).
-STAGE_VERSIONS = {
-    "synthetic_model": 1,
-    "activations": 1,
-    "synthetic_activations": 1,
-    "train": 2,
-    "eval_core": 1,
-    "eval_prep": 1,
-    "eval_sparse_probing": 2,
-    "eval_sae_probes": 1,
-    "eval_absorption": 1,
-    "eval_scr": 1,
-    "eval_tpp": 1,
-    "eval_unlearning": 1,
-    "eval_synthetic": 1,
-    "probe_baseline": 1,
-    "report": 2,
-}
+__all__ = ["Stage", "build_plan", "downstream", "select", "stage"]
 
 
-@dataclass(frozen=True)
-class Stage:
-    kind: str
-    label: str
-    params: dict[str, Any]
-    inputs: dict[str, Stage] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        payload = {
-            "kind": self.kind,
-            "version": STAGE_VERSIONS[self.kind],
-            "params": self.params,
-            "inputs": {name: s.key for name, s in sorted(self.inputs.items())},
-        }
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def __hash__(self) -> int:
-        return hash(self.key)
+def stage(kind: str, label: str, params: dict[str, Any], inputs: dict[str, Stage] | None = None) -> Stage:
+    """A stage of a registered kind, its code version filled in from the registry."""
+    return Stage(kind, label, params, inputs or {}, kind_of(kind).version)
 
 
 def _model_params(cfg: PipelineConfig) -> dict[str, Any]:
@@ -67,8 +31,8 @@ def _model_params(cfg: PipelineConfig) -> dict[str, Any]:
 def _source_stages(cfg: PipelineConfig) -> list[Stage]:
     """The stages that produce activations: a model hooked on text, or a synthetic model sampled."""
     if cfg.synthetic is not None:
-        synth = Stage("synthetic_model", "synthetic_model", {"synthetic": cfg.synthetic.model_dump()})
-        acts = Stage(
+        synth = stage("synthetic_model", "synthetic_model", {"synthetic": cfg.synthetic.model_dump()})
+        acts = stage(
             "synthetic_activations",
             "activations",
             {"activations": cfg.activations.model_dump()},
@@ -77,55 +41,66 @@ def _source_stages(cfg: PipelineConfig) -> list[Stage]:
         return [synth, acts]
     assert cfg.data is not None
     params = {"model": _model_params(cfg), "data": cfg.data.model_dump(), "activations": cfg.activations.model_dump()}
-    return [Stage("activations", "activations", params)]
+    return [stage("activations", "activations", params)]
 
 
-def _prep_stages(cfg: PipelineConfig) -> dict[str, dict[str, Stage]]:
+def _enabled_evals(cfg: PipelineConfig) -> list[tuple[EvalDef, EvalConfig]]:
+    """The evals switched on that apply to this run (a language model's, or a synthetic model's)."""
+    runs_on = "synthetic" if cfg.synthetic is not None else "model"
+    sections = cfg.evals.sections()
+    return [(d, sections[name]) for name, d in EVALS.items() if sections[name].enabled and d.runs_on == runs_on]
+
+
+def _settings(section: EvalConfig) -> dict[str, Any]:
+    """An eval's own settings as they key its stages (the switch and its model are not settings)."""
+    return section.model_dump(mode="json", exclude={"enabled", "model"})
+
+
+def _eval_model_params(cfg: PipelineConfig, section: EvalConfig) -> dict[str, Any]:
+    """The model an eval runs in: its own (``evals.<name>.model``), else the run's; device left out."""
+    return section.model.model_dump(exclude={"device"}) if section.model is not None else _model_params(cfg)
+
+
+def _prep_stages(cfg: PipelineConfig, synth: Stage | None) -> dict[str, dict[str, Stage]]:
     """Per enabled eval, its shared prep stages by unit. Evals whose prep params agree get the very
     same Stage (same key), so the model runs over that data once for all of them."""
-    from evals.registry import EVALS
-
-    assert cfg.data is not None
     out: dict[str, dict[str, Stage]] = {}
     by_key: dict[str, Stage] = {}
-    for name, settings in cfg.evals.enabled().items():
-        spec = EVALS[name]
-        out[name] = {}
-        for unit, params in spec.prep_units(settings).items():
-            label = f"eval_prep:{spec.prep}" + (f":{unit}" if unit != "all" else "")
-            prep_params = {"eval": spec.prep, "model": _model_params(cfg), "prepend_bos": cfg.data.prepend_bos, "params": params}
-            stage = Stage("eval_prep", label, prep_params)
-            if stage.key not in by_key and any(s.label == label for s in by_key.values()):
-                stage = Stage("eval_prep", f"{label}#{stage.key[:6]}", prep_params)  # same family, other data
-            out[name][unit] = by_key.setdefault(stage.key, stage)
+    for d, section in _enabled_evals(cfg):
+        out[d.name] = {}
+        for unit, params in d.prep_units(_settings(section)).items():
+            label = f"eval_prep:{d.prep}" + (f":{unit}" if unit != "all" else "")
+            prep_params: dict[str, Any] = {"eval": d.prep, "params": params}
+            inputs = {"synthetic_model": synth} if synth is not None else {}
+            if synth is None:
+                assert cfg.data is not None
+                prep_params |= {"model": _eval_model_params(cfg, section), "prepend_bos": cfg.data.prepend_bos}
+                if d.prep_reads_corpus:
+                    prep_params["data"] = cfg.data.model_dump()
+            if d.prep_version != 1:  # absent at 1, so the keys of preps that never changed stand
+                prep_params["prep_version"] = d.prep_version
+            prep = stage("eval_prep", label, prep_params, inputs)
+            if prep.key not in by_key and any(s.label == label for s in by_key.values()):
+                prep = stage("eval_prep", f"{label}#{prep.key[:6]}", prep_params, inputs)  # same family, other data
+            out[d.name][unit] = by_key.setdefault(prep.key, prep)
     return out
+
+
+def _reported_preps(cfg: PipelineConfig, preps: dict[str, dict[str, Stage]]) -> dict[str, Stage]:
+    """Preps whose result the report shows at run level (the synthetic probe ceiling), by the name it uses."""
+    return {d.report_prep: s for d, _ in _enabled_evals(cfg) if d.report_prep for s in preps[d.name].values()}
 
 
 def _evals(cfg: PipelineConfig, sae_id: str, train: Stage, synth: Stage | None, preps: dict[str, dict[str, Stage]]) -> list[Stage]:
     """The eval stages of one trained SAE (each independent: one failing leaves the others)."""
     out = []
-    ev = cfg.evals
-    if synth is not None:
-        if ev.synthetic.enabled:
-            out.append(Stage("eval_synthetic", f"eval_synthetic:{sae_id}", {"loo_tau": None}, {"sae": train, "synthetic_model": synth}))
-            if ev.synthetic.loo_tau is not None:
-                out.append(
-                    Stage(
-                        "eval_synthetic",
-                        f"eval_synthetic:{sae_id}+loo",
-                        {"loo_tau": ev.synthetic.loo_tau},
-                        {"sae": train, "synthetic_model": synth},
-                    )
-                )
-        return out
-    assert cfg.data is not None
-    if ev.core.enabled:
-        params = {"model": _model_params(cfg), "data": cfg.data.model_dump(), "core": ev.core.model_dump(exclude={"enabled"})}
-        out.append(Stage("eval_core", f"eval_core:{sae_id}", params, {"sae": train}))
-    for name, settings in ev.enabled().items():
-        inputs = {"sae": train, **{f"prep:{unit}": s for unit, s in preps[name].items()}}
-        params = {"params": settings}
-        out.append(Stage(f"eval_{name}", f"eval_{name}:{sae_id}", params, inputs))
+    for d, section in _enabled_evals(cfg):
+        inputs = {"sae": train, **{f"prep:{unit}": s for unit, s in preps[d.name].items()}}
+        if synth is not None:
+            inputs["synthetic_model"] = synth
+        own_model = {"model": _eval_model_params(cfg, section)} if section.model is not None else {}
+        for suffix, settings in d.scored(_settings(section)).items():
+            out.append(stage(f"eval_{d.name}", f"eval_{d.name}:{sae_id}{suffix}", {"params": settings, **own_model}, inputs))
     return out
 
 
@@ -134,38 +109,18 @@ def build_plan(cfg: PipelineConfig) -> list[Stage]:
     stages = _source_stages(cfg)
     synth = stages[0] if cfg.synthetic is not None else None
     acts = stages[-1]
-    preps = {} if synth is not None else _prep_stages(cfg)
+    preps = _prep_stages(cfg, synth)
     unique_preps = {s.key: s for units in preps.values() for s in units.values()}
     stages += list(unique_preps.values())
     trains: list[Stage] = []
     evals: list[Stage] = []
-    if synth is not None and cfg.evals.synthetic.enabled:
-        evals.append(Stage("probe_baseline", "probe_baseline", {}, {"synthetic_model": synth}))
     for sae in cfg.saes:
         for seed in sae.seeds:
             sae_id = f"{sae.name}-s{seed}"
-            train = Stage("train", f"train:{sae_id}", {**sae.identity(), "seed": seed}, {"activations": acts})
+            train = stage("train", f"train:{sae_id}", {**sae.identity(), "seed": seed}, {"activations": acts})
             trains.append(train)
             evals += _evals(cfg, sae_id, train, synth, preps)
     stages += trains + evals
-    report_inputs = {s.label: s for s in trains + evals}
-    stages.append(Stage("report", "report", {"run": cfg.name}, report_inputs))
+    report_inputs = {s.label: s for s in trains + evals} | _reported_preps(cfg, preps)
+    stages.append(stage("report", "report", {"run": cfg.name}, report_inputs))
     return stages
-
-
-def downstream(stages: list[Stage], roots: set[str]) -> set[str]:
-    """Labels of the stages in ``roots`` and of everything that depends on them."""
-    out = set(roots)
-    for stage in stages:  # topological order: one pass suffices
-        if any(inp.label in out for inp in stage.inputs.values()):
-            out.add(stage.label)
-    return out
-
-
-def select(stages: list[Stage], pattern: str) -> set[str]:
-    """Labels matched by a --force pattern: a kind ('train'), a label ('train:btk-s0'), or a key."""
-    hits = {s.label for s in stages if pattern in (s.kind, s.label, s.key)}
-    if not hits:
-        choices = sorted({s.kind for s in stages} | {s.label for s in stages})
-        raise ValueError(f"--force {pattern!r} matches no stage; choose one of {choices}")
-    return hits

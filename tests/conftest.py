@@ -1,4 +1,8 @@
-"""Shared fixtures: a tiny but real pipeline config (SmolLM2, layer 3, a few thousand tokens)."""
+"""Shared fixtures: a tiny but real pipeline config (SmolLM2, layer 3, a few thousand tokens).
+
+Tiers: `make test` runs everything; `make test-fast` (``-m "not slow"``) runs the unit and parity tests on
+tiny tensors. A test is slow when it is marked so, or when it uses a fixture in ``SLOW_FIXTURES``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,15 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+
+SLOW_FIXTURES = {"tiny_run", "first_run", "smollm2", "slurm_cluster", "slurm_root"}
+"""Fixtures that run the real model, real training or a real SLURM cluster."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 TINY: dict[str, Any] = {
     "name": "tiny",
@@ -61,7 +74,7 @@ def tiny_run(shared_artifacts: Path) -> tuple:
     """The tiny config's activations and train stages, run in-process once for every test module:
     (config, store, train stage)."""
     from pipeline.artifacts import ArtifactStore
-    from pipeline.config import parse_config
+    from pipeline.loading import parse_config
     from pipeline.executors.stage_runner import execute
     from pipeline.plan import build_plan
     from pipeline.progress import Reporter

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evals.prepared import Prepared, TensorSink
+from evals.contract import Prepared, TensorSink
 from pipeline.data.chunked import ChunkedReader, ChunkedWriter, write_tensor
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,8 +8,11 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import ConfigError, load_config, parse_config
-from tests.conftest import run_cli, tiny_config, write_config
+from pipeline.config import ConfigError
+from pipeline.loading import load_config, parse_config
+from tests.conftest import TINY, run_cli, tiny_config, write_config
+
+TINY_CORE = TINY["evals"]["core"]
 
 
 def problems_of(cfg: dict) -> list[str]:
@@ -111,10 +114,18 @@ def test_shipped_configs_are_valid() -> None:
 def test_plan_of_the_gemma_config_works_offline(tmp_path: Path) -> None:
     proc = run_cli("plan", "gemma2b_l12", artifacts=tmp_path / "a")
     for label in ("activations", "train:batchtopk_16k_k64-s0", "eval_core:batchtopk_16k_k64-s0", "report",
-                  "eval_prep:sparse_probing:LabHC/bias_in_bios_class_set1", "eval_prep:scr_tpp", "eval_tpp:batchtopk_16k_k64-s0"):  # fmt: skip
+                  "eval_prep:sparse_probing:LabHC/bias_in_bios_class_set1", "eval_prep:scr_tpp", "eval_tpp:batchtopk_16k_k64-s0",
+                  "eval_prep:unlearning", "eval_unlearning:batchtopk_16k_k64-s0"):  # fmt: skip
         assert label in proc.stderr
-    # activations, train, report, 6 per-SAE evals, 8 + 5 + 1 + 1 prep stages: all missing, nothing downloaded
-    assert proc.stderr.count("missing") == 24
+    # activations, train, report, 8 per-SAE evals, 1 (core) + 8 + 5 + 1 + 1 + 1 (autointerp) + 1 (unlearning) prep
+    # stages: all missing, nothing downloaded
+    assert proc.stderr.count("missing") == 29
+    assert "942.5 GB" in proc.stderr  # 200M tokens x (2304 x 2 + 12) bytes x 1.02: the activations' bytes
+    from pipeline.loading import load_config
+    from pipeline.plan import build_plan
+
+    prep = next(s for s in build_plan(load_config("gemma2b_l12")[0]) if s.label == "eval_prep:unlearning")
+    assert prep.params["model"]["name"] == "google/gemma-2-2b-it"  # SAEBench's instruct model, base-model SAEs
 
 
 def test_recipe_pieces_need_the_saepipe_trainer() -> None:
@@ -166,8 +177,36 @@ def test_scr_and_tpp_share_one_prep_unless_their_data_differs() -> None:
 
     def preps(scr: dict, tpp: dict) -> list[str]:
         cfg = parse_config(tiny_config(evals={"scr": {"enabled": True, **scr}, "tpp": {"enabled": True, **tpp}}))
-        return [s.label for s in build_plan(cfg) if s.kind == "eval_prep"]
+        return [s.label for s in build_plan(cfg) if s.kind == "eval_prep" and s.params["eval"] == "scr_tpp"]
 
     assert preps({}, {"n_values": [2, 5]}) == ["eval_prep:scr_tpp"]  # per-SAE settings only: shared
     two = preps({}, {"train_set_size": 200})
     assert len(two) == 2 and two[0] == "eval_prep:scr_tpp" and two[1].startswith("eval_prep:scr_tpp#")
+
+
+def test_unknown_eval_section_names_the_choices() -> None:
+    [line] = problems_of(tiny_config(evals={"nosuch": {"enabled": True}}))
+    assert line.startswith("evals.nosuch: unknown eval; choose one of [") and "'sparse_probing'" in line
+
+
+def test_slurm_stage_resources_must_name_a_stage_kind() -> None:
+    [line] = problems_of(tiny_config(executor={"kind": "slurm", "slurm": {"stages": {"trian": {"cpus": 2}, "train": {"cpus": 2}}}}))
+    assert line.startswith("executor.slurm.stages.trian: unknown stage kind; choose one of [") and "'eval_core'" in line
+
+
+def test_an_eval_may_run_in_its_own_model() -> None:
+    """SAEBench runs unlearning on gemma-2-2b-it with SAEs of gemma-2-2b: the eval's model keys its prep."""
+    from pipeline.plan import build_plan
+
+    def core_stages(core: dict) -> tuple:
+        stages = build_plan(parse_config(tiny_config(evals={"core": {**TINY_CORE, **core}})))
+        return next(s for s in stages if s.kind == "eval_prep"), next(s for s in stages if s.kind == "eval_core")
+
+    own = {"source": "hub", "name": "HuggingFaceTB/SmolLM2-135M", "hook": "blocks.3.hook_resid_post"}
+    base_prep, base_eval = core_stages({})
+    prep, ev = core_stages({"model": own})
+    assert prep.key != base_prep.key and ev.key != base_eval.key
+    assert prep.params["model"]["name"] == "HuggingFaceTB/SmolLM2-135M" and ev.params["model"]["name"] == own["name"]
+    assert base_prep.params["model"]["name"] == "SmolLM2-135M-Instruct" and "model" not in base_eval.params
+    [line] = problems_of(tiny_config(evals={"core": {"model": {**own, "hook": "blocks.3.attn"}}}))
+    assert line.startswith("evals.core.model.hook: bad value")

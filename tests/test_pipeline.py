@@ -16,7 +16,8 @@ import pytest
 from sae_lens import SAE
 
 from pipeline.artifacts import ArtifactStore, sha256_file
-from pipeline.config import PipelineConfig, parse_config
+from pipeline.config import PipelineConfig
+from pipeline.loading import parse_config
 from pipeline.executors.local import Outcome, run_local
 from pipeline.executors.stage_runner import execute
 from pipeline.plan import build_plan, select
@@ -100,7 +101,8 @@ def test_editing_one_hyperparameter_recomputes_only_that_sae(first_run) -> None:
     got = statuses(run_local(cfg, build_plan(cfg), store, set(), QUIET))
     assert got == {
         "activations": "cached",
-        "eval_prep:sparse_probing:96_spam_is": "cached",  # model work on eval data is not redone
+        "eval_prep:core": "cached",  # model work on eval data is not redone
+        "eval_prep:sparse_probing:96_spam_is": "cached",
         "train:a-s0": "ran",
         "train:b-s0": "cached",
         "eval_core:a-s0": "ran",

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from pipeline.recipes.coder import build_coder
 from pipeline.recipes.outputs import Active
-from pipeline.recipes.spec import RecipeSpec
+from pipeline.config.recipe import RecipeSpec
 from pipeline.recipes.activation import BatchTopK, _JumpReLUFn, _StepFn, batch_topk_flat
 from pipeline.recipes.aux_k import DeadLatentTracker
 from pipeline.recipes.k_anneal import KSchedule
@@ -22,7 +22,7 @@ from pipeline.recipes.ops import SparseOps
 from pipeline.recipes.orthogonality import orthogonality_penalty
 from pipeline.recipes.outputs import Selection
 from pipeline.recipes.saving import load_coder, save_coder
-from pipeline.recipes.spec import BatchTopKSpec, MatryoshkaSpec
+from pipeline.config.recipe import BatchTopKSpec, MatryoshkaSpec
 from pipeline.recipes.term import TiltedLoss
 
 

@@ -8,22 +8,30 @@ apart; the activations stage is computed once and reused by all of them) and use
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from tests.conftest import REPO, run_cli, tiny_config, write_config
 
-from pipeline.config import load_config
+from pipeline.loading import load_config
 from pipeline.executors.slurm import query_jobs
 from pipeline.plan import build_plan
 
-pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 WEIGHTS = "sae/sae_weights.safetensors"
+# The time-limit test's SAE: 1000 steps, about a minute on one CPU (~60 ms a step on a 2-core VM);
+# slower machines only make the SIGTERM come earlier in training.
+TIMED_D_SAE, TIMED_BATCH, TIMED_TOKENS = 2048, 512, 512_000
 
 
 @pytest.fixture(scope="session")
@@ -109,6 +117,30 @@ def ensure_activations(cfg_path: Path, root: Path) -> Any:
     return acts
 
 
+def start_reference(cfg_path: Path, stage: Any, slurm_root: Path, folder: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """The same train stage run uninterrupted by `run-stage` in an artifact root of its own (the shared
+    activations copied in), on one thread like the jobs (cpus=1), so that its weights are comparable
+    bit for bit. Runs in the background while the test drives the cluster."""
+    acts = plan_of(cfg_path)["activations"]
+    root = folder / "reference"
+    shutil.copytree(slurm_root / acts.kind / acts.key, root / acts.kind / acts.key)
+    cmd = [sys.executable, "-m", "pipeline.cli", "run-stage", str(cfg_path), stage.key, "--artifacts", str(root), "--quiet"]
+    log = (folder / "reference.log").open("wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return proc, root
+
+
+def assert_same_weights(stage: Any, root: Path, reference: tuple[subprocess.Popen[bytes], Path]) -> None:
+    """The final SAE weights under ``root`` equal the uninterrupted reference run's, tensor by tensor."""
+    proc, ref_root = reference
+    assert proc.wait(timeout=600) == 0, (ref_root.parent / "reference.log").read_text()
+    got = load_file(root / stage.kind / stage.key / WEIGHTS)
+    want = load_file(ref_root / stage.kind / stage.key / WEIGHTS)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), f"{name} differs from the uninterrupted run"
+
+
 def test_dry_run_writes_scripts_and_submits_nothing(tmp_path: Path, slurm_root: Path) -> None:
     cfg_path = write_config(tmp_path, slurm_config("tiny-dry", saes=[sae("dry", seeds=[0, 1])]))
     out = run_cli("run", str(cfg_path), "--dry-run", artifacts=slurm_root)
@@ -159,7 +191,8 @@ def test_slurm_run_matches_local_run(tmp_path: Path, slurm_root: Path, shared_ar
 
 def test_cancelled_training_resumes_from_its_checkpoint(tmp_path: Path, slurm_root: Path) -> None:
     """scancel the training job once it has checkpointed; the re-run resubmits only train and what
-    depends on it, and training continues from the checkpoint."""
+    depends on it, and training continues from the checkpoint to the weights an uninterrupted run ends
+    with, bit for bit."""
     cfg = slurm_config(
         "tiny-resume",
         saes=[sae("long", train_tokens=100_000, checkpoint_every=10)],  # 390 steps
@@ -169,6 +202,7 @@ def test_cancelled_training_resumes_from_its_checkpoint(tmp_path: Path, slurm_ro
     plan = plan_of(cfg_path)
     train, report = plan["train:long-s0"], plan["report"]
     ensure_activations(cfg_path, slurm_root)
+    reference = start_reference(cfg_path, train, slurm_root, tmp_path)
 
     run_cli("run", str(cfg_path), "--quiet", artifacts=slurm_root)  # returns once submitted
     first = jobs_of(slurm_root, "tiny-resume")
@@ -202,6 +236,53 @@ def test_cancelled_training_resumes_from_its_checkpoint(tmp_path: Path, slurm_ro
     assert "resuming from ckpt-" in log, log
     assert manifest(slurm_root, train)["summary"]["steps"] == 390
     assert (slurm_root / "tiny-resume" / "report.md").exists()
+    assert_same_weights(train, slurm_root, reference)  # the resume is bit for bit
+
+
+def test_time_limit_checkpoints_and_the_rerun_resumes_bit_for_bit(tmp_path: Path, slurm_root: Path) -> None:
+    """A train job that outlives its time limit. SLURM's time granularity is a minute, so the limit is
+    one minute; the warning (``--signal=B:TERM@5``) comes at slurmctld's first periodic check (every
+    30 s) within 30 s + grace of the end, i.e. 25-55 s after the start: after the job's start-up (up
+    to ~20 s on a loaded 2-core machine) and while training (a minute or more on one CPU) is still
+    going. Training checkpoints and exits (pipeline.training.preemption); the job ends FAILED on that
+    exit, or TIMEOUT if the limit struck first. The re-run, with a longer limit (the same stage keys:
+    executor settings are not part of them), resumes from that checkpoint and ends at the weights of
+    an uninterrupted run, bit for bit."""
+    timed = sae("timed", d_sae=TIMED_D_SAE, batch_size=TIMED_BATCH, train_tokens=TIMED_TOKENS, checkpoint_every=1000)
+    cfg = slurm_config("tiny-timeout", saes=[timed], evals={"core": {"enabled": False}})
+    cfg["executor"]["slurm"]["grace_seconds"] = 5
+    cfg["executor"]["slurm"]["stages"] = {"train": {"time": "00:01:00"}}
+    cfg_path = write_config(tmp_path, cfg)
+    plan = plan_of(cfg_path)
+    train, report = plan["train:timed-s0"], plan["report"]
+    n_steps = TIMED_TOKENS // TIMED_BATCH
+    ensure_activations(cfg_path, slurm_root)
+    reference = start_reference(cfg_path, train, slurm_root, tmp_path)
+
+    run_cli("run", str(cfg_path), "--quiet", artifacts=slurm_root)
+    first = jobs_of(slurm_root, "tiny-timeout")
+    job, log = first[train.key]["job_id"], Path(first[train.key]["log"])
+    state = wait_until(lambda: re.search(r"JobState=(TIMEOUT|FAILED|COMPLETED|CANCELLED)\b", scontrol(job)), 180, "the job's end")
+    text = log.read_text()
+    stopped = re.search(r"Preempted: train:timed-s0: SIGTERM at step (\d+); checkpoint saved", text)
+    assert stopped, text  # the checkpoint-and-exit path, not a kill
+    step = int(stopped.group(1))
+    assert 0 < step < n_steps
+    assert state.group(1) in ("TIMEOUT", "FAILED"), scontrol(job)
+    ckpts = slurm_root / "train" / ".work" / train.key / "checkpoints"
+    assert (ckpts / f"ckpt-{step:08d}" / "state.safetensors").exists()
+    assert not (slurm_root / "train" / train.key).exists()
+    wait_until(lambda: "DependencyNeverSatisfied" in scontrol(first[report.key]["job_id"]), 30, "report cancelled")
+
+    cfg["executor"]["slurm"]["stages"] = {"train": {"time": "00:10:00"}}
+    longer = write_config(tmp_path, cfg, name="longer.yaml")
+    assert plan_of(longer)["train:timed-s0"].key == train.key
+    run_cli("run", str(longer), "--wait", "--quiet", artifacts=slurm_root, timeout=600)
+    again = jobs_of(slurm_root, "tiny-timeout")[train.key]
+    assert again["job_id"] != job and again["previous"][-1]["job_id"] == job
+    assert f"resuming from ckpt-{step:08d} (step {step}/{n_steps})" in Path(again["log"]).read_text()
+    assert manifest(slurm_root, train)["summary"]["steps"] == n_steps
+    assert_same_weights(train, slurm_root, reference)
 
 
 def test_failed_stage_cancels_dependents_and_rerun_completes(tmp_path: Path, slurm_root: Path) -> None:

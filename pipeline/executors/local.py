@@ -1,8 +1,10 @@
 """The local executor: run the plan in topological order in this process, skipping complete stages.
 
-A corrupt artifact (a file whose size no longer matches its manifest) is moved to ``.trash`` and
-recomputed automatically. A failing stage does not stop independent stages; its dependents are
-skipped and the run ends with a non-zero status listing what failed.
+What to do with each stage (skip, recompute a corrupt artifact, redo a stale one, resume, run) is
+``pipeline.state``'s policy, shared with the SLURM executor. A failing stage does not stop independent
+stages; its dependents are skipped and the run ends with a non-zero status listing what failed. A stage
+another process is computing right now (its lock is held) is skipped, with its dependents, and is not
+a failure: that process commits it.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from pathlib import Path
 
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import PipelineConfig
-from pipeline.executors.stage_runner import PARTIAL_OK, execute, stage_state
-from pipeline.plan import Stage, downstream
+from pipeline.dag import Stage, downstream
+from pipeline.executors.stage_runner import execute
 from pipeline.progress import Reporter
+from pipeline.stages.registry import kind_of
+from pipeline.state import StageBusy, begin, force, stage_lock, stage_state
 
 
 @dataclass
@@ -29,32 +33,38 @@ class Outcome:
 
 
 def run_local(
-    cfg: PipelineConfig, stages: list[Stage], store: ArtifactStore, force: set[str], reporter: Reporter
+    cfg: PipelineConfig, stages: list[Stage], store: ArtifactStore, force_labels: set[str], reporter: Reporter
 ) -> list[Outcome]:
-    forced = downstream(stages, force) if force else set()
+    forced = downstream(stages, force_labels) if force_labels else set()
     failed: set[str] = set()
+    elsewhere: set[str] = set()  # being computed by another process, or waiting on such a stage
     outcomes = []
     for stage in stages:
-        if stage.label in forced:
-            store.quarantine(stage.kind, stage.key)
-            store.clear_work(stage.kind, stage.key)
-        state = stage_state(store, stage)
-        if state == "done":
+        if stage.label not in forced and stage_state(store, stage) == "done":
             outcomes.append(Outcome(stage, "cached"))
             continue
-        if state == "corrupt":
-            reporter.log(f"[yellow]{stage.label}: corrupt artifact {store.problems(stage.kind, stage.key)}; recomputing")
-            store.quarantine(stage.kind, stage.key)
-        if state == "stale":
-            reporter.log(f"{stage.label}: inputs missing when it was made are complete now; redoing it")
-        if stage.kind not in PARTIAL_OK and any(inp.label in failed for inp in stage.inputs.values()):
-            failed.add(stage.label)
-            outcomes.append(Outcome(stage, "skipped", error="an input failed"))
+        if any(inp.label in elsewhere for inp in stage.inputs.values()):
+            elsewhere.add(stage.label)
+            outcomes.append(Outcome(stage, "skipped", error="an input is being computed by another process"))
             continue
-        reporter.log(f"[bold]{stage.label}[/] ({stage.key}) {'resuming' if state == 'partial' else 'starting'}")
         started = time.perf_counter()
         try:
-            execute(cfg, store, stage, reporter)
+            with stage_lock(store, stage, wait=False, reporter=reporter):
+                if stage.label in forced:
+                    force(store, stage)
+                if not kind_of(stage.kind).partial_inputs and any(inp.label in failed for inp in stage.inputs.values()):
+                    failed.add(stage.label)
+                    outcomes.append(Outcome(stage, "skipped", error="an input failed"))
+                    continue
+                if not begin(store, stage, reporter):  # committed by another process since the check above
+                    outcomes.append(Outcome(stage, "cached"))
+                    continue
+                execute(cfg, store, stage, reporter)
+        except StageBusy as busy:
+            reporter.log(f"[yellow]{stage.label}: {busy}; skipping")
+            elsewhere.add(stage.label)
+            outcomes.append(Outcome(stage, "skipped", error=str(busy)))
+            continue
         except Exception as exc:  # one stage's failure must not lose the others' results
             failed.add(stage.label)
             reporter.log(f"[red]{stage.label} failed:[/] {type(exc).__name__}: {exc}")

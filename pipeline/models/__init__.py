@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pipeline.models.registry import known_d_model, known_n_layers
+from pipeline.config.facts import known_d_model, known_n_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -64,10 +64,10 @@ def load_model(
 def model_n_layers(source: str, name: str) -> int | None:
     """Number of layers if known offline, else ``None``."""
     _check_source(source)
-    return known_n_layers(source, "SmolLM2-135M-Instruct" if source == "smollm2_gguf" else name)
+    return known_n_layers(source, name)
 
 
 def model_d_model(source: str, name: str) -> int | None:
     """Residual width if known offline, else ``None``."""
     _check_source(source)
-    return known_d_model(source, "SmolLM2-135M-Instruct" if source == "smollm2_gguf" else name)
+    return known_d_model(source, name)

@@ -1,4 +1,4 @@
 """Composable SAE recipes: activations, Matryoshka, LISTA, K annealing, TERM, orthogonality, LOO, AuxK.
 
-Import from the submodules (`pipeline.recipes.spec` stays free of torch so config validation is fast).
+Import from the submodules (`pipeline.config.recipe` holds the specs, free of torch, so config validation is fast).
 """

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pipeline.config.recipe import BatchTopKSpec, JumpReLUSpec, RecipeSpec, ReluL1Spec
+from pipeline.recipes.collective import all_cat, all_min, world
 from pipeline.recipes.outputs import Active, Selection
-from pipeline.recipes.spec import BatchTopKSpec, JumpReLUSpec, RecipeSpec, ReluL1Spec
 
 
 class Activation(nn.Module):
@@ -67,6 +68,21 @@ def batch_topk_flat(h: Tensor, n_keep: int, candidates_per_row: int) -> Tensor:
     return torch.topk(acts.reshape(-1), n_keep, sorted=False).indices
 
 
+def global_batch_topk_mask(h: Tensor, n_keep: int) -> Tensor:
+    """Mask of this rank's entries among the n_keep largest relu(h) of the *global* batch (exact).
+
+    No rank can hold more than n_keep of the global winners, so each rank's top n_keep values,
+    gathered, contain them all; the global cut is the n_keep-th largest of those. Entries equal to a
+    positive cut are all kept (ties, measure zero in fp32); with a zero cut only positive entries,
+    which are the ones that carry value and gradient.
+    """
+    acts = h.relu()
+    local = torch.topk(acts.reshape(-1), min(n_keep, acts.numel()), sorted=False).values
+    gathered = all_cat(local)
+    cut = torch.topk(gathered, min(n_keep, gathered.numel()), sorted=False).values.min()
+    return torch.where(cut > 0, acts >= cut, acts > 0)
+
+
 class BatchTopK(Activation):
     """Keep the k*B largest activations of the batch (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders").
 
@@ -89,18 +105,21 @@ class BatchTopK(Activation):
 
     def select(self, h: Tensor, k: int) -> Selection:
         n, width = h.shape
+        if world() > 1:
+            return Selection.from_mask(global_batch_topk_mask(h, k * n * world()))
         flat = batch_topk_flat(h, k * n, min(width, 4 * k))
         return Selection.from_flat(flat, n, width)
 
     @torch.no_grad()
     def observe(self, active: Active) -> None:
+        """EMA updates from the (global) batch; no host sync: an empty batch leaves every threshold as is."""
         v = active.values.detach().to(torch.float64)
-        pos = v > 0
-        if not bool(pos.any()):
-            return
-        self.threshold_global.mul_(1 - self.lr).add_(self.lr * v[pos].min())
-        lat = active.latents[pos]
-        batch_min = torch.full_like(self.threshold_latent, math.inf).scatter_reduce(0, lat, v[pos], "amin")
+        v = torch.where(v > 0, v, math.inf)
+        smallest = all_min(torch.cat([v, v.new_full((1,), math.inf)]).min())
+        ema_global = (1 - self.lr) * self.threshold_global + self.lr * smallest
+        self.threshold_global.copy_(torch.where(torch.isfinite(smallest), ema_global, self.threshold_global))
+        per_latent = torch.full_like(self.threshold_latent, math.inf).scatter_reduce(0, active.latents, v, "amin")
+        batch_min = all_min(per_latent)
         fired = torch.isfinite(batch_min)
         first = fired & ~self.latent_seen
         ema = (1 - self.lr) * self.threshold_latent + self.lr * batch_min

@@ -7,17 +7,13 @@ so dead latents get gradient by explaining what the live ones miss. Zero when no
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
+from pipeline.config.recipe import AuxKSpec
 from pipeline.recipes.activation import TopK
+from pipeline.recipes.loss_terms import LossContext
 from pipeline.recipes.outputs import Active
-from pipeline.recipes.spec import AuxKSpec
-
-if TYPE_CHECKING:
-    from pipeline.recipes.coder import LossContext
 
 
 class AuxKLoss:

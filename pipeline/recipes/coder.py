@@ -11,40 +11,38 @@ level, mean reduction, empty term list), so the loop has no per-idea branches.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.recipes.activation import Activation, BatchTopK, JumpReLU, build_activation
+from pipeline.config.recipe import RecipeSpec
+from pipeline.recipes.activation import (
+    Activation,
+    BatchTopK,
+    JumpReLU,
+    build_activation,
+)
 from pipeline.recipes.aux_k import AuxKLoss
+from pipeline.recipes.collective import all_sum, world
 from pipeline.recipes.k_anneal import KSchedule
 from pipeline.recipes.lista import RefiningEncoder
 from pipeline.recipes.loo import LooPruner, NoPruning
+from pipeline.recipes.loss_terms import LossContext, LossTerm
 from pipeline.recipes.matryoshka import build_reconstruction
 from pipeline.recipes.ops import DenseOps, SparseOps
 from pipeline.recipes.orthogonality import OrthogonalityLoss
-from pipeline.recipes.outputs import Active, EncodeOutput, ReconOutput, TrainOutput
-from pipeline.recipes.spec import RecipeSpec
+from pipeline.recipes.outputs import Active, ReconOutput, TrainOutput
 from pipeline.recipes.term import MeanLoss, TiltedLoss
 
 
-class LossContext(NamedTuple):
-    """Everything an extra loss term may look at."""
-
-    x: Tensor
-    enc: EncodeOutput
-    recon: ReconOutput
-    dead_mask: Tensor | None
-    W_enc: Tensor
-    b_enc: Tensor
-    W_dec: Tensor
-    ops: type[SparseOps] | type[DenseOps]
-
-
-class LossTerm(Protocol):
-    def __call__(self, ctx: LossContext) -> Tensor: ...
+def total_variance(x: Tensor) -> Tensor:
+    """sum_b ||x_b - mean(x)||^2 over the global batch (the FVU denominator)."""
+    if world() == 1:
+        return (x - x.mean(0)).pow(2).sum()
+    mean = all_sum(x.sum(0, dtype=torch.float64)) / (x.shape[0] * world())
+    return all_sum((x.double() - mean).pow(2).sum()).to(x.dtype)
 
 
 class SavedForm(NamedTuple):
@@ -102,15 +100,15 @@ class SparseCoder(nn.Module):
             self.activation.observe(active)
             self.reconstruction.observe(active)
             err = (x - recon.x_hat).pow(2).sum(-1)
-            metrics = {f"loss/{name}": float(v) for name, v in terms.items()}
-            metrics.update({
-                "loss": float(loss),
-                "mse": float(err.mean()),
-                "fvu": float(err.sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)),
-                "l0": float((active.values != 0).sum()) / x.shape[0],
+            stats: dict[str, Tensor | float] = {f"loss/{name}": v.detach() for name, v in terms.items()}
+            stats.update({
+                "loss": loss.detach(),
+                "mse": err.mean(),
+                "fvu": err.sum() * world() / total_variance(x).clamp_min(1e-12),
+                "l0": (active.values != 0).sum() / x.shape[0],
                 "k": float(k),
             })
-        return TrainOutput(loss, metrics, active)
+        return TrainOutput(loss, stats, active)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -120,7 +118,7 @@ class SparseCoder(nn.Module):
     @torch.no_grad()
     def init_b_dec(self, x: Tensor) -> None:
         """Start b_dec at the data mean (a cheap stand-in for the geometric median)."""
-        self.b_dec.copy_(x.mean(0))
+        self.b_dec.copy_(x.mean(0) if world() == 1 else all_sum(x.sum(0)) / (x.shape[0] * world()))
 
     # -- inference --------------------------------------------------------------------------
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pipeline.config.recipe import MatryoshkaSpec
+from pipeline.recipes.collective import all_sum, world
 from pipeline.recipes.ops import DenseOps, SparseOps
 from pipeline.recipes.outputs import Active, ReconOutput, Selection, row_offsets
-from pipeline.recipes.spec import MatryoshkaSpec
 
 
 class PlainReconstruction(nn.Module):
@@ -77,7 +78,8 @@ class MatryoshkaReconstruction(nn.Module):
     @torch.no_grad()
     def observe(self, active: Active) -> None:
         fired = active.latents[active.values.detach() != 0]
-        rate = torch.bincount(fired, minlength=self.frequency.numel()).to(self.frequency.dtype) / active.n_rows
+        counts = all_sum(torch.bincount(fired, minlength=self.frequency.numel()))
+        rate = counts.to(self.frequency.dtype) / (active.n_rows * world())
         self.frequency.mul_(1 - self.ema).add_(self.ema * rate)
 
 

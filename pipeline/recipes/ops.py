@@ -5,7 +5,9 @@ active touches only those latents: the decoder is `x_hat = b_dec + sum_j v_j W_d
 `embedding_bag`), and the gradient of selected pre-activations `h[r, l] = inp[r] . W[:, l] + b[l]`
 flows back as two `embedding_bag`s (into `inp` and into the columns of `W`), O(nnz * d_in) instead
 of O(B * d_sae * d_in). `DenseOps` is the reference path with the ordinary dense matmuls; the two
-must agree on losses and gradients (tested).
+must agree on losses and gradients (tested). Which one trains is `SAESpec.ops` (`auto`: see
+`pipeline/training/ops_choice.py`). Under bf16 autocast only the dense matmuls run in bf16; the
+sparse gathers and embedding_bags keep fp32 (they are memory-bound, bf16 would only lose precision).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class _GatherLinear(torch.autograd.Function):
     def forward(ctx: Any, inp: Tensor, W: Tensor, b: Tensor | None, h: Tensor, rows: Tensor, latents: Tensor, offsets: Tensor) -> Tensor:
         ctx.save_for_backward(inp, W, rows, latents, offsets)
         ctx.has_bias = b is not None
-        return h[rows, latents]
+        return h[rows, latents].to(W.dtype)  # under autocast h is bf16; the sparse part stays in fp32
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:

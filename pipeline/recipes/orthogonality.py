@@ -9,26 +9,25 @@ Sparse Autoencoders"-style competition thresholds). Cost: O(B u^2) for u distinc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.config.recipe import OrthogonalitySpec
+from pipeline.recipes.collective import all_cat, rank, world
+from pipeline.recipes.loss_terms import LossContext
 from pipeline.recipes.outputs import Active
-from pipeline.recipes.spec import OrthogonalitySpec
-
-if TYPE_CHECKING:
-    from pipeline.recipes.coder import LossContext
 
 
 def orthogonality_penalty(active: Active, W_dec: Tensor, coefficient: float, threshold: float) -> Tensor:
     """P above, over the latents active in this batch."""
     live = active.values.detach() != 0
-    rows, latents = active.rows[live], active.latents[live]
+    rows, latents, n_rows = active.rows[live], active.latents[live], active.n_rows
+    if world() > 1:  # co-occurrence of the global batch: every rank computes the same penalty
+        rows, latents, n_rows = all_cat(rows + rank() * n_rows), all_cat(latents), n_rows * world()
     used, column = torch.unique(latents, return_inverse=True)
-    mask = W_dec.new_zeros(active.n_rows, used.numel()).index_put((rows, column), W_dec.new_ones(()))
-    co = mask.t() @ mask / active.n_rows
+    mask = W_dec.new_zeros(n_rows, used.numel()).index_put((rows, column), W_dec.new_ones(()))
+    co = mask.t() @ mask / n_rows
     directions = F.normalize(W_dec[used], dim=-1)
     overlap = (directions @ directions.t()).abs()
     counted = torch.triu(co > threshold, diagonal=1)

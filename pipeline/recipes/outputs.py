@@ -78,8 +78,13 @@ class ReconOutput(NamedTuple):
 
 
 class TrainOutput(NamedTuple):
-    """What `SparseCoder.training_loss` returns."""
+    """What `SparseCoder.training_loss` returns. `stats` stay on the device (reading them back forces
+    a sync, so the trainer does it only on logging steps); `metrics` reads them back now."""
 
     loss: Tensor
-    metrics: dict[str, float]
+    stats: dict[str, Tensor | float]
     active: Active
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {name: float(v) for name, v in self.stats.items()}

@@ -21,8 +21,8 @@ from typing import Any
 import sae_lens
 from safetensors.torch import load_file, save_file
 
+from pipeline.config.recipe import RecipeSpec
 from pipeline.recipes.coder import SparseCoder, build_coder
-from pipeline.recipes.spec import RecipeSpec
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from pipeline.recipes.collective import all_max, all_sum, world
+
 
 class MeanLoss:
     """loss = mean_i l_i."""
@@ -25,8 +27,16 @@ class TiltedLoss:
         self.t = t
 
     def weights(self, per_sample: Tensor) -> Tensor:
+        """Softmax over the global batch (this rank's entries of it)."""
         l = per_sample.detach()
-        return torch.softmax(self.t * l / l.mean().clamp_min(1e-12), dim=0)
+        if world() == 1:
+            return torch.softmax(self.t * l / l.mean().clamp_min(1e-12), dim=0)
+        mean = all_sum(l.sum()) / (l.numel() * world())
+        z = self.t * l / mean.clamp_min(1e-12)
+        top = all_max(z.max())
+        e = (z - top).exp()
+        return e / all_sum(e.sum())
 
     def __call__(self, per_sample: Tensor) -> Tensor:
-        return (self.weights(per_sample) * per_sample).sum()
+        """The global sum; times the world size, since data parallelism averages the ranks' gradients."""
+        return (self.weights(per_sample) * per_sample).sum() * world()

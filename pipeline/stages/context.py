@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import PipelineConfig
-from pipeline.plan import Stage
+from pipeline.dag import Stage
+from pipeline.kinds import StageKind
 from pipeline.progress import Reporter
 
 
@@ -21,6 +23,8 @@ class StageContext:
     work: Path
     """Scratch that survives a crash (shards done so far, checkpoints): the means to resume."""
     reporter: Reporter
+    kinds: Mapping[str, StageKind] = field(default_factory=dict)
+    """The stage registry, for stages that read other kinds' results (the report)."""
 
     def input_dir(self, name: str) -> Path:
         inp = self.stage.inputs[name]

@@ -1,8 +1,9 @@
 """Stage `eval_prep`: an eval's SAE-independent work (model activations on its data, labels, probes on
 the model's own activations), computed once per (model, hook, eval data) and read by every SAE's eval.
 
-Tensors are written in bounded chunks under ``tensors/`` (``evals.max_chunk_mib``); ``meta.json``
-holds the small facts. Every file is checksummed by the artifact manifest and verified on read.
+One run for every eval: it calls the eval family's ``prepare`` (``evals/contract.py``). Tensors are
+written in bounded chunks under ``tensors/`` (``evals.max_chunk_mib``); ``meta.json`` holds the small
+facts. Every file is checksummed by the artifact manifest and verified on read.
 """
 
 from __future__ import annotations
@@ -11,37 +12,57 @@ import json
 import time
 from typing import Any
 
-from evals.prepared import EvalEnv, Prepared, TensorSink
-from evals.registry import EVALS, PREP_MODULES
+from evals.contract import EvalDef, EvalEnv, Prepared, TensorSink
+from evals.registry import EVALS
+from pipeline import disk
 from pipeline.artifacts import ArtifactStore
+from pipeline.config import ModelSpec
+from pipeline.dag import Stage
 from pipeline.fsutil import atomic_write_json
-from pipeline.plan import Stage
+from pipeline.kinds import StageKind
 from pipeline.stages.context import StageContext
+from pipeline.synthetic.model import load_model
 
 TENSORS = "tensors"
 META = "meta.json"
+SYNTHETIC_MODEL = "synthetic_model"
+"""The input naming a synthetic run's model artifact (for evals that run on synthetic models)."""
 
 
 def env_for(ctx: StageContext, label: str = "") -> EvalEnv:
+    """What the eval may use. The model is the one the stage's params name (an eval's own model, or the
+    run's), placed where the run's model runs: where a stage runs is not part of its key."""
     cfg = ctx.cfg
-    assert cfg.model is not None and cfg.data is not None
-    return EvalEnv(cfg.model, cfg.data.prepend_bos, ctx.reporter, label, cfg.name)
+    spec = None
+    if "model" in ctx.stage.params:
+        assert cfg.model is not None
+        spec = ModelSpec.model_validate({**ctx.stage.params["model"], "device": cfg.model.device})
+    elif cfg.model is not None:
+        spec = cfg.model
+    synth = ctx.input_dir(SYNTHETIC_MODEL) if SYNTHETIC_MODEL in ctx.stage.inputs else None
+    return EvalEnv(
+        spec,
+        cfg.data.prepend_bos if cfg.data is not None else False,
+        ctx.reporter,
+        label,
+        cfg.name,
+        data=cfg.data,
+        synthetic=cfg.synthetic,
+        synthetic_loader=None if synth is None else (lambda: load_model(synth)),
+    )
 
 
-def params_class(family: str) -> Any:
-    """The settings class of the evals in a prep family (they share one prepare, and one class)."""
-    from pipeline.config import eval_params_class
-
-    return eval_params_class(next(d.name for d in EVALS.values() if d.prep == family))
+def family(name: str) -> EvalDef:
+    """An eval of a prep family (they share one prepare, and one settings class)."""
+    return next(d for d in EVALS.values() if d.prep == name)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    family = ctx.stage.params["eval"]
-    module = __import__(PREP_MODULES[family], fromlist=["prepare"])
-    params = params_class(family).model_validate(ctx.stage.params["params"])
+    d = family(ctx.stage.params["eval"])
+    params = d.config.model_validate(ctx.stage.params["params"])
     started = time.perf_counter()
     sink = TensorSink(ctx.out / TENSORS, ctx.cfg.evals.max_chunk_mib * 2**20)
-    meta = module.prepare(env_for(ctx), params, sink)
+    meta = d.module("prepare").prepare(env_for(ctx), params, sink)
     sink.close()
     atomic_write_json(ctx.out / META, meta)
     return {"tensors": sorted(sink.writers), "seconds": round(time.perf_counter() - started, 2)}
@@ -52,3 +73,15 @@ def open_prepared(store: ArtifactStore, stage: Stage) -> Prepared:
     meta = json.loads(store.verified_file(stage.kind, stage.key, META).read_text())
     root = store.path(stage.kind, stage.key) / TENSORS
     return Prepared(root, meta, lambda rel: store.verified_file(stage.kind, stage.key, f"{TENSORS}/{rel}"))
+
+
+def planned_bytes(stage: Stage) -> int | None:
+    """What the eval declares its prep writes (``EvalDef.prep_bytes``), at this stage's model width."""
+    d = family(stage.params["eval"])
+    width = disk.activation_width(stage)
+    if d.prep_bytes is None or width is None:
+        return None
+    return d.prep_bytes(stage.params["params"], width)
+
+
+KIND = StageKind("eval_prep", 1, run, planned_bytes=planned_bytes)

@@ -11,117 +11,17 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Callable
 from typing import Any
 
 from scipy import stats
 
 from pipeline.fsutil import atomic_write_json
+from pipeline import disk
+from pipeline.kinds import StageKind
 from pipeline.stages import report_html
 from pipeline.stages.context import StageContext
 
 Metrics = dict[str, float]
-
-
-def core_metrics(result: dict[str, Any]) -> Metrics:
-    m = result["eval_result_metrics"]
-    return {
-        "explained_variance": m["reconstruction_quality"]["explained_variance"],
-        "mse": m["reconstruction_quality"]["mse"],
-        "cossim": m["reconstruction_quality"]["cossim"],
-        "l0": m["sparsity"]["l0"],
-        "ce_loss_score": m["model_performance_preservation"]["ce_loss_score"],
-        "ce_with_sae": m["model_performance_preservation"]["ce_loss_with_sae"],
-        "ce_clean": m["model_performance_preservation"]["ce_loss_without_sae"],
-        "kl_div_score": m["model_behavior_preservation"]["kl_div_score"],
-        "l2_ratio": m["shrinkage"]["l2_ratio"],
-        "frac_alive": m["misc_metrics"]["frac_alive"],
-        "frac_dense_10pct": m["misc_metrics"]["freq_over_10_percent"],
-    }
-
-
-def sparse_probing_metrics(result: dict[str, Any]) -> Metrics:
-    m = result["eval_result_metrics"]
-    out = {"probe_llm_acc": m["llm"]["llm_test_accuracy"]}
-    if m["sae"].get("sae_test_accuracy") is not None:
-        out["probe_sae_all_acc"] = m["sae"]["sae_test_accuracy"]
-    out |= {f"probe_sae_top{k}_acc": v for k, v in _topk_accuracies(m["sae"]).items()}
-    return out
-
-
-def _topk_accuracies(sae: dict[str, Any]) -> dict[int, float]:
-    found = {}
-    for key, value in sae.items():
-        if key.startswith("sae_top_") and key.endswith("_test_accuracy") and value is not None:
-            found[int(key.removeprefix("sae_top_").removesuffix("_test_accuracy"))] = value
-    return dict(sorted(found.items()))
-
-
-def synthetic_metrics(result: dict[str, Any]) -> Metrics:
-    return dict(result["metrics"])
-
-
-def sae_probes_metrics(result: dict[str, Any]) -> Metrics:
-    m = result["eval_result_metrics"]
-    out = {"saeprobes_llm_acc": m["llm"]["llm_test_accuracy"]}
-    for key, value in m["sae"].items():
-        if key.startswith("sae_top_") and key.endswith("_test_accuracy") and value is not None:
-            out[f"saeprobes_top{key.removeprefix('sae_top_').removesuffix('_test_accuracy')}_acc"] = value
-    return out
-
-
-def absorption_metrics(result: dict[str, Any]) -> Metrics:
-    m = result["eval_result_metrics"]["mean"]
-    return {
-        "absorption_fraction": m["mean_absorption_fraction_score"],
-        "full_absorption": m["mean_full_absorption_score"],
-        "split_features": m["mean_num_split_features"],
-    }
-
-
-def _thresholded(metrics: dict[str, Any], template: str, name: str) -> Metrics:
-    """'scr_metric_threshold_{n}' -> 'scr@n' for every n SAEBench filled in."""
-    out = {}
-    for n in (2, 5, 10, 20, 50, 100, 500):
-        value = metrics.get(template.format(n=n))
-        if value is not None:
-            out[f"{name}@{n}"] = value
-    return out
-
-
-def scr_metrics(result: dict[str, Any]) -> Metrics:
-    return _thresholded(result["eval_result_metrics"]["scr_metrics"], "scr_metric_threshold_{n}", "scr")
-
-
-def tpp_metrics(result: dict[str, Any]) -> Metrics:
-    return _thresholded(result["eval_result_metrics"]["tpp_metrics"], "tpp_threshold_{n}_total_metric", "tpp")
-
-
-def unlearning_metrics(result: dict[str, Any]) -> Metrics:
-    return {"unlearning_score": result["eval_result_metrics"]["unlearning"]["unlearning_score"]}
-
-
-EXTRACTORS: dict[str, tuple[str, Callable[[dict[str, Any]], Metrics]]] = {
-    "eval_core": ("core.json", core_metrics),
-    "eval_sparse_probing": ("sparse_probing.json", sparse_probing_metrics),
-    "eval_sae_probes": ("sae_probes.json", sae_probes_metrics),
-    "eval_absorption": ("absorption.json", absorption_metrics),
-    "eval_scr": ("scr.json", scr_metrics),
-    "eval_tpp": ("tpp.json", tpp_metrics),
-    "eval_unlearning": ("unlearning.json", unlearning_metrics),
-    "eval_synthetic": ("synthetic.json", synthetic_metrics),
-}
-EVAL_TITLES = {
-    "train": "Training",
-    "eval_core": "Core (reconstruction, sparsity, model preservation)",
-    "eval_sparse_probing": "Sparse probing (SAE latents vs the model's own activations)",
-    "eval_sae_probes": "Sparse probing, sae-probes benchmark (last token, tuned logistic probes)",
-    "eval_absorption": "Feature absorption (first-letter spelling)",
-    "eval_scr": "SCR: spurious correlation removal",
-    "eval_tpp": "TPP: targeted probe perturbation",
-    "eval_unlearning": "Unlearning",
-    "eval_synthetic": "Synthetic ground truth",
-}
 
 
 def _fmt(x: Any) -> str:
@@ -132,15 +32,14 @@ def collect(ctx: StageContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows (one per SAE × seed × variant) and run-level results (e.g. the probe baseline)."""
     trains: dict[str, dict[str, Any]] = {}
     evals: dict[tuple[str, str], dict[str, Any]] = {}
-    run_level: dict[str, Any] = {"missing_inputs": [], "groups": {}, "data_sources": {}}
+    run_level: dict[str, Any] = {"missing_inputs": [], "groups": {}, "data_sources": {}, "better": {}, "headline": []}
     for label, inp in ctx.stage.inputs.items():
         if not ctx.store.is_complete(inp.kind, inp.key):
             run_level["missing_inputs"].append(label)  # failed or not run: the rest is still reported
             continue
         manifest = ctx.store.manifest(inp.kind, inp.key)
-        if inp.kind == "probe_baseline":
-            result = json.loads(ctx.store.verified_file(inp.kind, inp.key, "probe_baseline.json").read_text())
-            run_level["probe_baseline"] = result
+        if inp.kind == "eval_prep":  # a run-level result an eval declares (`EvalDef.report_prep`)
+            run_level[label] = json.loads(ctx.store.verified_file(inp.kind, inp.key, "meta.json").read_text())
             continue
         sae_id = label.split(":", 1)[1]
         if inp.kind == "train":
@@ -148,9 +47,15 @@ def collect(ctx: StageContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             trains[sae_id] = {"trainer": p["trainer"], "d_sae": p["d_sae"], "k": p["k"], "train_tokens": manifest["summary"]["tokens"]}
             continue
         base, _, variant = sae_id.partition("+")
-        file, extract = EXTRACTORS[inp.kind]
-        result = json.loads(ctx.store.verified_file(inp.kind, inp.key, file).read_text())
-        metrics = extract(result)
+        reported = ctx.kinds[inp.kind].reported
+        assert reported is not None, f"{inp.kind} declares nothing for the report"
+        result = json.loads(ctx.store.verified_file(inp.kind, inp.key, reported.result_file).read_text())
+        metrics = reported.extract(result)
+        for m in metrics:
+            declared = reported.metric(m)
+            run_level["better"][m] = declared.better
+            if declared.headline and m not in run_level["headline"]:
+                run_level["headline"].append(m)
         if inp.kind == "eval_core" and result.get("eval_result_details"):  # per-latent density, for the histogram
             run_level.setdefault("feature_density", {})[sae_id] = [d["feature_density"] for d in result["eval_result_details"]]
         evals.setdefault((base, variant), {}).update(metrics)
@@ -209,34 +114,32 @@ def within_noise(a: list[float], b: list[float]) -> bool:
     return bool(stats.ttest_ind(a, b, equal_var=False).pvalue >= 0.05)
 
 
-# Which way is better for each metric (None: not a score, e.g. L0 is chosen, not won); default higher.
-HIGHER_IS_BETTER = {
-    "mse": False,
-    "ce_with_sae": False,
-    "dead_latents": False,
-    "l0": None,
-    "ce_clean": None,
-    "l2_ratio": None,
-    "true_l0": None,
-    "shrinkage": None,
-    "absorption_fraction": False,
-    "full_absorption": False,
-    "split_features": None,
-}
-
-
-def best_by_metric(agg: list[dict[str, Any]], cols: list[str]) -> dict[str, dict[str, Any]]:
+def best_by_metric(agg: list[dict[str, Any]], cols: list[str], better: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The best spec per metric, in the direction its kind declares (none for a metric that is not won)."""
     best: dict[str, dict[str, Any]] = {}
     for col in cols:
-        direction = HIGHER_IS_BETTER.get(col, True)
+        direction = better.get(col)
         scored = [a for a in agg if col in a]
         if direction is not None and scored:
-            best[col] = (max if direction else min)(scored, key=lambda a: a[col]["mean"])
+            best[col] = (max if direction == "higher" else min)(scored, key=lambda a: a[col]["mean"])
     return best
 
 
+L0_TOLERANCE = 0.05
+"""Recipes are compared at matched L0: a spec whose mean L0 is further than this from the best's is marked."""
+
+
+def l0_mismatch(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """True when both have an L0 and they differ by more than ``L0_TOLERANCE`` of the larger."""
+    if "l0" not in a or "l0" not in b:
+        return False
+    x, y = a["l0"]["mean"], b["l0"]["mean"]
+    return abs(x - y) > L0_TOLERANCE * max(abs(x), abs(y), 1e-12)
+
+
 def seed_cell(a: dict[str, Any], col: str, best: dict[str, dict[str, Any]]) -> str:
-    """'mean ± ci95', bold when best, '≈' when seeds cannot tell it from the best."""
+    """'mean ± ci95', bold when best, '≈' when seeds cannot tell it from the best, '†' when its L0 is not
+    matched to the best's (the comparison is then not at equal sparsity)."""
     if col not in a:
         return ""
     m = a[col]
@@ -245,19 +148,38 @@ def seed_cell(a: dict[str, Any], col: str, best: dict[str, dict[str, Any]]) -> s
         return f"**{cell}**"
     if col in best and within_noise(m["values"], best[col][col]["values"]):
         cell += " ≈"
+    if col in best and l0_mismatch(a, best[col]):
+        cell += " †"
     return cell
 
 
-def groups_of(rows: list[dict[str, Any]], run_level: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """(eval kind, its metric columns) in a fixed order; columns of no known eval go last."""
+def scoreboard(agg: list[dict[str, Any]], groups: list[tuple[str, list[str]]], better: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per scored metric: the best spec, the specs the seeds cannot tell from it, and those at another L0."""
+    board = []
+    for _, cols in groups:
+        for col, top in best_by_metric(agg, cols, better).items():
+            others = [a for a in agg if col in a and a is not top]
+            board.append({
+                "metric": col,
+                "better": better[col],
+                "best": top["sae"],
+                "indistinguishable": [a["sae"] for a in others if within_noise(a[col]["values"], top[col]["values"])],
+                "l0_not_matched": [a["sae"] for a in others if l0_mismatch(a, top)],
+            })  # fmt: skip
+    return board
+
+
+def groups_of(rows: list[dict[str, Any]], run_level: dict[str, Any], order: list[str]) -> list[tuple[str, list[str]]]:
+    """(eval kind, its metric columns) in registry order; columns of no known eval go last."""
     found = run_level.get("groups", {})
-    out = [(kind, found[kind]) for kind in EXTRACTORS if kind in found]
+    out = [(kind, found[kind]) for kind in order if kind in found]
     known = {c for _, cols in out for c in cols}
     rest = [c for c in metric_columns(rows) if c not in known]
     return out + ([("other", rest)] if rest else [])
 
 
-def markdown(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], run_level: dict[str, Any]) -> str:
+def markdown(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], run_level: dict[str, Any],
+             groups: list[tuple[str, list[str]]], titles: dict[str, str]) -> str:  # fmt: skip
     fact_cols = ["sae", "seed", "trainer", "d_sae", "k", "train_tokens"]
     lines = [f"# saepipe report: {run}", ""]
     if run_level.get("missing_inputs"):
@@ -266,9 +188,14 @@ def markdown(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], ru
                   + ". Run the same command again to retry them alone.", ""]  # fmt: skip
     lines += ["## SAEs", "", "| " + " | ".join(fact_cols) + " |", "|" + "---|" * len(fact_cols)]
     lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in fact_cols) + " |" for r in rows]
-    for kind, cols in groups_of(rows, run_level):
-        best = best_by_metric(agg, cols)
-        lines += ["", f"## {EVAL_TITLES.get(kind, kind)}", ""]
+    lines += ["", "## Scoreboard", "", "Best spec per metric; ≈ lists the specs the seeds cannot tell from it (Welch, p ≥ 0.05);",
+              f"† lists the specs whose mean L0 differs from the best's by more than {L0_TOLERANCE:.0%} (not a matched-L0 comparison).", "",
+              "| metric | better | best | ≈ best | † L0 not matched |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {b['metric']} | {b['better']} | {b['best']} | {', '.join(b['indistinguishable'])} | {', '.join(b['l0_not_matched'])} |"
+              for b in run_level["scoreboard"]]  # fmt: skip
+    for kind, cols in groups:
+        best = best_by_metric(agg, cols, run_level["better"])
+        lines += ["", f"## {titles.get(kind, kind)}", ""]
         if source := run_level.get("data_sources", {}).get(kind):
             lines += [f"Data: {source}", ""]
         lines += ["Mean ± 95% interval over seeds (a single seed shows its value: no spread to estimate):", ""]
@@ -284,6 +211,8 @@ def notes(cols: list[str], run_level: dict[str, Any]) -> str:
     lines = [
         "Bold: best mean. ≈: not distinguishable from the best by Welch's t-test over seeds (p ≥ 0.05),",
         "or fewer than two seeds on a side — then no difference can be claimed.",
+        f"†: the spec's mean L0 differs from the best's by more than {L0_TOLERANCE:.0%}, so the two are not compared at",
+        "matched sparsity; read the difference as partly a sparsity difference.",
     ]
     if "probe_baseline" in run_level:
         pb = run_level["probe_baseline"]["metrics"]
@@ -325,10 +254,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rows, run_level = collect(ctx)
     agg = aggregate(rows)
     run_name = ctx.stage.params["run"]
-    (ctx.out / "report.md").write_text(markdown(run_name, rows, agg, run_level))
+    titles = {name: k.reported.title for name, k in ctx.kinds.items() if k.reported is not None}
+    groups = groups_of(rows, run_level, list(ctx.kinds))
+    run_level["scoreboard"] = scoreboard(agg, groups, run_level["better"])
+    (ctx.out / "report.md").write_text(markdown(run_name, rows, agg, run_level, groups, titles))
     cols = metric_columns(rows)
-    page = report_html.render(run_name, rows, agg, groups_of(rows, run_level), EVAL_TITLES, run_level, notes(cols, run_level))
+    page = report_html.render(run_name, rows, agg, groups, titles, run_level, notes(cols, run_level))
     (ctx.out / "report.html").write_text(page)
     run_level.pop("feature_density", None)  # per-latent lists stay in core.json; the summary stays small
     atomic_write_json(ctx.out / "summary.json", {"run": run_name, "saes": rows, "by_spec": agg, **run_level})
     return {"saes": len(rows), "missing_inputs": run_level["missing_inputs"]}
+
+
+KIND = StageKind("report", 2, run, partial_inputs=True, planned_bytes=disk.small)

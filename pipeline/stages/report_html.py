@@ -13,21 +13,6 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-PLOT_METRICS = [
-    "explained_variance",
-    "ce_loss_score",
-    "kl_div_score",
-    "f1",
-    "mcc",
-    "uniqueness",
-    "probe_sae_top1_acc",
-    "saeprobes_top1_acc",
-    "absorption_fraction",
-    "scr@20",
-    "tpp@20",
-    "unlearning_score",
-]
-LOWER_IS_BETTER = {"absorption_fraction", "full_absorption", "mse"}
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
@@ -66,17 +51,17 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = Tru
     return front
 
 
-def metric_vs_l0(agg: list[dict[str, Any]], metric: str) -> str | None:
+def metric_vs_l0(agg: list[dict[str, Any]], metric: str, better: str | None) -> str | None:
     pts = [(a["sae"], a["l0"], a[metric]) for a in agg if "l0" in a and metric in a]
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     for name, l0, m in pts:
         ax.errorbar(l0["mean"], m["mean"], xerr=l0["ci95"] or None, yerr=m["ci95"] or None, fmt="o", capsize=3, label=name)
-    front = pareto_front([(l0["mean"], m["mean"]) for _, l0, m in pts], metric not in LOWER_IS_BETTER)
+    front = pareto_front([(l0["mean"], m["mean"]) for _, l0, m in pts], better != "lower")
     ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=0.8, label="Pareto front")
     ax.set_xlabel("L0 (active latents per token)")
-    ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
+    ax.set_ylabel(metric + (" (lower is better)" if better == "lower" else ""))
     ax.set_title(f"{metric} vs L0 (mean ± 95% CI over seeds)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -141,6 +126,14 @@ def render(
     """Plots first (what a reader scans), then one section per eval: mean ± 95% CI over seeds, per seed."""
     facts = ["sae", "seed", "trainer", "d_sae", "k", "train_tokens"]
     sections = [f"<h2>SAEs</h2>{_table(facts, [[_cell(r.get(c, '')) for c in facts] for r in rows])}"]
+    board = [[html.escape(b["metric"]), str(b["better"]), f"<b>{html.escape(b['best'])}</b>",
+              html.escape(", ".join(b["indistinguishable"])), html.escape(", ".join(b["l0_not_matched"]))]
+             for b in run_level.get("scoreboard", [])]  # fmt: skip
+    scoreboard = (
+        "<h2>Scoreboard</h2><p class=\"note\">Best spec per metric; ≈: the seeds cannot tell it from the best "
+        "(Welch, p ≥ 0.05); †: its mean L0 differs from the best's by more than 5% (not a matched-L0 comparison).</p>"
+        + _table(["metric", "better", "best", "≈ best", "† L0 not matched"], board)
+    ) if board else ""
     for kind, cols in groups:
         summary_rows = []
         for a in agg:
@@ -157,7 +150,8 @@ def render(
             + _table(["sae", "seed"] + cols, [[html.escape(r["sae"]), str(r["seed"])] + [_cell(r.get(c, "")) for c in cols] for r in rows])
         )  # fmt: skip
     extra = [probing_bars(agg), density_histogram(run_level.get("feature_density", {}))]
-    plots = [p for p in (metric_vs_l0(agg, m) for m in PLOT_METRICS) if p] + [p for p in extra if p]
+    headline = (metric_vs_l0(agg, m, run_level["better"].get(m)) for m in run_level.get("headline", []))
+    plots = [p for p in headline if p] + [p for p in extra if p]
     figures = "".join(f"<figure>{p}</figure>" for p in plots)
     missing = run_level.get("missing_inputs") or []
     banner = (
@@ -169,6 +163,7 @@ def render(
 <body>
 <h1>saepipe report: {html.escape(run)}</h1>
 {banner}
+{scoreboard}
 <h2>Plots</h2><div class="plots">{figures}</div>
 {"".join(sections)}
 <h2>Notes</h2><pre class="note">{html.escape(markdown_notes)}</pre>

@@ -1,9 +1,18 @@
 """Stage `train`: one SAE trained from the cached shards, streaming, checkpointed, resumable.
 
-The SAE is either our recipe trainer (``trainer: saepipe``, every recipe piece, sparse decoder) or
+The SAE is either our recipe trainer (``trainer: saepipe``, every recipe piece, sparse or dense ops) or
 sae-lens's own BatchTopK SAE (``trainer: sae_lens``, stepped as sae-lens's trainer steps it: grad-norm
 clip 1.0, Adam). The loop checkpoints everything a bit-for-bit resume needs. Either way the result is
 in the sae-lens format, so ``sae_lens.SAE.load_from_disk`` opens it.
+
+It runs on ``cfg.device`` (not part of the key), optionally with bf16 autocast (``autocast``, fp32
+master weights). Under ``torchrun`` it is data parallel: each rank takes its slice of every global
+batch, the recipes' batch statistics are all-reduced (``pipeline/recipes/collective.py``), so the
+result equals the one-process run; rank 0 writes checkpoints and the artifact. For N GPUs:
+
+    torchrun --standalone --nproc_per_node N -m pipeline.training.worker CONFIG KEY --artifacts ROOT
+
+(`pipeline/training/worker.py`: rank 0 is the ordinary `run-stage`, the others only join the loop).
 """
 
 from __future__ import annotations
@@ -15,15 +24,24 @@ from typing import Any
 import torch
 
 from pipeline.data.shards import SHARD_DIR, ShardIndex
-from pipeline.recipes.spec import RecipeSpec
+from pipeline.config.recipe import RecipeSpec
+from pipeline import disk
+from pipeline.kinds import StageKind
+from pipeline.progress import Reporter
+from pipeline.recipes.collective import all_sum
 from pipeline.stages.context import StageContext
-from pipeline.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.training.checkpoint import latest_checkpoint, load_checkpoint, read_info, save_checkpoint
+from pipeline.training.distributed import Ranks, any_rank, barrier, data_parallel, synced_step
+from pipeline.training.metrics import MetricLog
+from pipeline.training.ops_choice import resolve_ops
 from pipeline.training.preemption import Preempted, stop_on_sigterm
 from pipeline.training.stream import ShardStream
 from pipeline.training.trainables import build_trainable
 
 SAE_DIR = "sae"
 LOG_FILE = "train_log.json"
+LOG_EVERY = 25
+"""Steps between read-backs of the metrics from the device (every step still gets its log entry)."""
 
 
 def sae_metadata(ctx: StageContext) -> dict[str, Any]:
@@ -43,71 +61,109 @@ def sae_metadata(ctx: StageContext) -> dict[str, Any]:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    with data_parallel(ctx.cfg.device) as ranks:
+        return train(ctx, ranks)
+
+
+def train(ctx: StageContext, ranks: Ranks) -> dict[str, Any]:
     p = ctx.stage.params
+    rank, world, device = ranks
     acts_dir = ctx.input_dir("activations")
     index = ShardIndex.load(acts_dir)
     batch = p["batch_size"]
+    if batch % world:
+        raise ValueError(f"batch_size {batch} does not split evenly over {world} data-parallel ranks")
+    rows = slice(rank * batch // world, (rank + 1) * batch // world)  # this rank's part of each global batch
     total_rows = p["train_tokens"] or index.total_rows
     n_steps = total_rows // batch
     if n_steps == 0:
         raise ValueError(f"train_tokens ({total_rows}) is smaller than batch_size ({batch}); cache more tokens")
-
-    torch.manual_seed(p["seed"])
-    recipe = RecipeSpec.model_validate(p["recipe"])
-    trainable = build_trainable(p["trainer"], recipe, index.d_in, p["d_sae"], p["k"], p["seed"])
-    sae = trainable.module
-    optimizer = torch.optim.Adam(sae.parameters(), lr=p["lr"], betas=(0.9, 0.999))
-    since_fired = torch.zeros(p["d_sae"], dtype=torch.long)
-    fired_count = torch.zeros(p["d_sae"], dtype=torch.long)
-    log: list[dict[str, float]] = []
-    step = 0
+    reporter = ctx.reporter if rank == 0 else Reporter(enabled=False)
 
     ckpt_dir = ctx.work / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
-    if (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        extra, info = load_checkpoint(ckpt, sae, optimizer)
+    ckpt = latest_checkpoint(ckpt_dir)
+    torch.manual_seed(p["seed"])
+    recipe = RecipeSpec.model_validate(p["recipe"])
+    bf16 = p["autocast"] == "bf16"
+    if p["trainer"] == "sae_lens":
+        ops = "sae_lens"
+    elif ckpt is not None:
+        ops = read_info(ckpt)["ops"]  # `auto` may choose differently today; the run keeps its choice
+    else:
+        ops = resolve_ops(p["ops"], device, recipe, index.d_in, p["d_sae"], p["k"], batch // world, bf16)
+    trainable = build_trainable(p["trainer"], recipe, index.d_in, p["d_sae"], p["k"], p["seed"], device, ops)
+    sae = trainable.module
+    optimizer = torch.optim.Adam(sae.parameters(), lr=p["lr"], betas=(0.9, 0.999))
+    since_fired = torch.zeros(p["d_sae"], dtype=torch.long, device=device)
+    fired_count = torch.zeros(p["d_sae"], dtype=torch.long, device=device)
+    log = MetricLog([])
+    step = 0
+    if ckpt is not None:
+        extra, info = load_checkpoint(ckpt, sae, optimizer, device)
         since_fired, fired_count = extra["since_fired"], extra["fired_count"]
-        step, log = info["step"], info["log"]
-        ctx.reporter.log(f"train {ctx.stage.label}: resuming from {ckpt.name} (step {step}/{n_steps})")
+        step, log = info["step"], MetricLog(info["log"])
+        reporter.log(f"train {ctx.stage.label}: resuming from {ckpt.name} (step {step}/{n_steps})")
+    forward = synced_step(trainable, device)  # gradients averaged over ranks (a no-op in one process)
 
-    stream = ShardStream(acts_dir / SHARD_DIR, index, seed=p["seed"], window=p["shuffle_shards"]).batches(step * batch, batch)
+    pinned = device.type == "cuda"
+    window_as = lambda a: torch.from_numpy(a).float().pin_memory() if pinned else torch.from_numpy(a).float()  # noqa: E731
+    stream = ShardStream(acts_dir / SHARD_DIR, index, seed=p["seed"], window=p["shuffle_shards"]).batches(step * batch, batch, window_as)
     started = time.perf_counter()
     sae.train()
 
     def checkpoint() -> None:
-        extra = {"since_fired": since_fired, "fired_count": fired_count}
-        save_checkpoint(ckpt_dir, step, sae, optimizer, extra, {"log": log})
+        log.flush()
+        if rank == 0:
+            extra = {"since_fired": since_fired, "fired_count": fired_count}
+            save_checkpoint(ckpt_dir, step, sae, optimizer, extra, {"log": log.entries, "ops": ops})
 
-    bar_cm = ctx.reporter.bar(f"training {ctx.stage.label}", total=n_steps * batch, unit="tok", completed=step * batch)
+    shown = step
+    bar_cm = reporter.bar(f"training {ctx.stage.label}", total=n_steps * batch, unit="tok", completed=step * batch)
     with bar_cm as bar, stop_on_sigterm() as stop:
         while step < n_steps:
-            if stop.is_set():
+            if (world == 1 or step % LOG_EVERY == 0) and any_rank(stop.is_set(), device):  # ranks stop together
                 checkpoint()
                 raise Preempted(f"{ctx.stage.label}: SIGTERM at step {step}; checkpoint saved, re-run to resume")
-            x = torch.from_numpy(next(stream)).float()
-            out = trainable.step(x, step, n_steps, since_fired > p["dead_after_tokens"])
+            x = next(stream)[rows].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = forward(x, step, n_steps, since_fired > p["dead_after_tokens"])
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
             optimizer.step()
             trainable.after_optimizer_step()
             with torch.no_grad():
+                fired = all_sum(out.fired)
                 since_fired += batch
-                since_fired[out.fired > 0] = 0
-                fired_count += out.fired.long()
+                since_fired.masked_fill_(fired > 0, 0)
+                fired_count += fired
             step += 1
-            log.append(out.metrics)
-            bar.advance(batch, extra=f"mse {out.metrics['mse']:.3g}")
+            log.append(out.stats)
+            if step % LOG_EVERY == 0 or step == n_steps:
+                log.flush()
+                bar.advance((step - shown) * batch, extra=f"mse {log.last['mse']:.3g}")
+                shown = step
             if step % p["checkpoint_every"] == 0 and step < n_steps:
                 checkpoint()
 
     dead = int((since_fired > p["dead_after_tokens"]).sum())
-    trainable.save(ctx.out / SAE_DIR, sae_metadata(ctx) | {"num_dead_features": dead})
-    (ctx.out / LOG_FILE).write_text(json.dumps({"steps": log, "fired_count": fired_count.tolist()}))
+    if rank == 0:
+        trainable.save(ctx.out / SAE_DIR, sae_metadata(ctx) | {"num_dead_features": dead})
+        train_log = {"steps": log.entries, "log_every": 1, "fired_count": fired_count.tolist()}
+        (ctx.out / LOG_FILE).write_text(json.dumps(train_log))
+    barrier()
     return {
         "steps": n_steps,
         "tokens": n_steps * batch,
-        "final_mse": log[-1]["mse"],
+        "final_mse": log.last["mse"],
         "dead_latents": dead,
+        "ops": ops,
+        "autocast": p["autocast"],
+        "device": device.type,
+        "data_parallel_ranks": world,
         "seconds_this_attempt": round(time.perf_counter() - started, 2),
     }
+
+
+KIND = StageKind("train", 2, run, resumes=True, planned_bytes=disk.sae_training)

@@ -28,7 +28,7 @@ from sae_lens.synthetic import (
     ZipfianFiringProbabilityConfig,
 )
 
-from pipeline.synthetic.spec import SyntheticSpec
+from pipeline.config.synthetic import SyntheticSpec
 
 MODEL_DIR = "model"
 """Subfolder of a `synthetic_model` artifact holding `SyntheticModel.save` output."""

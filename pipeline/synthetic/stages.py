@@ -26,9 +26,11 @@ import numpy as np
 
 from pipeline.data.shards import write_shard
 from pipeline.data.shard_progress import finished_shards, publish_shards, record_finished
+from pipeline import disk
+from pipeline.kinds import StageKind
 from pipeline.stages.context import StageContext
 from pipeline.synthetic.model import MODEL_DIR, build_model, derive_seed, load_model, sample, sample_chunks
-from pipeline.synthetic.spec import SyntheticSpec
+from pipeline.config.synthetic import SyntheticSpec
 
 ROWS_PER_CONTEXT = 1024
 HOOK = "synthetic"
@@ -110,3 +112,6 @@ def load_synthetic_model(ctx: StageContext, name: str = "synthetic_model") -> An
     """The SyntheticModel of an input artifact (for the evals)."""
     return load_model(ctx.input_dir(name))
 
+
+MODEL_KIND = StageKind("synthetic_model", 1, run_model, planned_bytes=disk.synthetic_model)
+ACTIVATIONS_KIND = StageKind("synthetic_activations", 1, run_activations, resumes=True, planned_bytes=disk.activation_shards)

@@ -2,17 +2,21 @@
 
 Order: per epoch, shards are permuted (seeded) and grouped in windows of ``window`` shards; the rows of
 a window are permuted together. The stream is a pure function of (seed, epoch, row index), so training
-can resume at any row from a checkpoint without replaying data, and peak memory is one window.
+can resume at any row from a checkpoint without replaying data, and peak memory is one window (two
+when a background reader loads the next one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from pipeline.data.shards import ShardIndex, read_shard
+from pipeline.training.prefetch import prefetch
 
 
 class ShardStream:
@@ -48,16 +52,26 @@ class ShardStream:
                 offset = 0
             epoch += 1
 
-    def batches(self, start: int, batch_size: int) -> Iterator[np.ndarray]:
-        """Batches of ``batch_size`` rows; a batch may span windows and epochs."""
-        pending: list[np.ndarray] = []
+    def batches(self, start: int, batch_size: int, window_as: Callable[[np.ndarray], Any] | None = None) -> Iterator[Any]:
+        """Batches of ``batch_size`` rows; a batch may span windows and epochs.
+
+        With ``window_as`` (e.g. to a pinned float32 torch tensor) each window is read, checked and
+        converted by a background reader while the previous one is consumed (`prefetch.py`); the
+        rows and their order are the same either way.
+        """
+        chunks: Iterator[Any] = self.rows(start) if window_as is None else prefetch(self.rows(start), window_as)
+        pending: list[Any] = []
         have = 0
-        for chunk in self.rows(start):
+        for chunk in chunks:
             while len(chunk):
                 take = min(batch_size - have, len(chunk))
                 pending.append(chunk[:take])
                 have += take
                 chunk = chunk[take:]
                 if have == batch_size:
-                    yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+                    yield _concat(pending) if len(pending) > 1 else pending[0]
                     pending, have = [], 0
+
+
+def _concat(parts: list[Any]) -> Any:
+    return torch.cat(parts) if torch.is_tensor(parts[0]) else np.concatenate(parts)

@@ -1,0 +1,125 @@
+"""Feeding and data parallelism on the CPU: (a) the train loop fed from shards through the background
+reader against the same trainer on the same batches held in memory; (b) 2-rank gloo DDP against one
+process, in samples/s of the whole job.
+
+(a) writes 24 shards of 4096 rows (d_in 256) and trains SparseCoder (BatchTopK, d_sae 2048, k 32,
+batch 1024, Adam) for one epoch two ways: batches from `ShardStream.batches(..., window_as=...)`
+(read + sha256 + decode + shuffle on the reader thread) and the same batches pre-loaded into a list.
+(b) runs the train stage through `torchrun --nproc_per_node 2` and through one process on the same
+shards (the stage's own `seconds_this_attempt`, so process start-up is not counted).
+Repeats: 3 (a), 2 (b); reports mean and spread. Writes bench/results/feeding.json.
+
+Usage: nice -n 10 python bench/bench_feeding.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline.artifacts import ArtifactStore  # noqa: E402
+from pipeline.config.recipe import RecipeSpec  # noqa: E402
+from pipeline.data.shards import SHARD_DIR, ShardIndex, write_shard  # noqa: E402
+from pipeline.loading import parse_config  # noqa: E402
+from pipeline.plan import build_plan  # noqa: E402
+from pipeline.recipes.coder import build_coder  # noqa: E402
+from pipeline.training.stream import ShardStream  # noqa: E402
+
+D_IN, D_SAE, K, BATCH, ROWS, SHARDS = 256, 2048, 32, 1024, 4096, 24
+
+
+def write_shards(folder: Path, n: int = SHARDS) -> ShardIndex:
+    rng = np.random.default_rng(0)
+    (folder / SHARD_DIR).mkdir(parents=True)
+    infos = [write_shard(folder / SHARD_DIR, i, rng.standard_normal((ROWS, D_IN), dtype=np.float32),
+                         np.zeros(ROWS), np.zeros(ROWS), np.arange(ROWS)) for i in range(n)]
+    index = ShardIndex(D_IN, "float32", "bench", ROWS, ROWS, infos)
+    index.save(folder)
+    return index
+
+
+def train_rate(batches, n_steps: int) -> float:
+    """Samples/s of n_steps of SparseCoder training on the given batches (first step untimed)."""
+    torch.manual_seed(0)
+    coder = build_coder(RecipeSpec(), D_IN, D_SAE, K, seed=0)
+    opt = torch.optim.Adam(coder.parameters(), lr=1e-4)
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    started = None
+    for i in range(n_steps):
+        if i == 1:
+            started = time.perf_counter()
+        loss = coder.training_loss(next(batches), i, n_steps, dead).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        coder.normalize_decoder()
+    return (n_steps - 1) * BATCH / (time.perf_counter() - started)
+
+
+def feeding(tmp: Path, repeats: int) -> dict[str, object]:
+    index = write_shards(tmp / "feed")
+    n_steps = SHARDS * ROWS // BATCH
+    stream = ShardStream(tmp / "feed" / SHARD_DIR, index, seed=0, window=4)
+    to_torch = lambda a: torch.from_numpy(a).float()  # noqa: E731
+    held = [torch.from_numpy(b) for b, _ in zip(stream.batches(0, BATCH), range(n_steps))]
+    shards, memory = [], []
+    for _ in range(repeats):
+        shards.append(train_rate(stream.batches(0, BATCH, window_as=to_torch), n_steps))
+        memory.append(train_rate(iter(held), n_steps))
+    ratios = [s / m for s, m in zip(shards, memory)]
+    return {"steps": n_steps, "from_shards_samples_per_s": shards, "in_memory_samples_per_s": memory,
+            "ratio_mean": statistics.mean(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
+def ddp(tmp: Path, repeats: int) -> dict[str, object]:
+    spec = {"name": "b", "d_sae": D_SAE, "k": K, "batch_size": BATCH, "train_tokens": 12 * ROWS, "checkpoint_every": 1000, "lr": 1e-4}
+    raw = {"name": "bench_ddp", "model": {"source": "smollm2_gguf", "name": "SmolLM2-135M-Instruct", "hook": "blocks.3.hook_resid_post"},
+           "data": {"source": "shipped", "name": "rotten_tomatoes", "context_size": 32}, "activations": {"n_tokens": 1000},
+           "saes": [spec], "evals": {"core": {"enabled": False}}, "device": "cpu"}
+    cfg = parse_config(raw)
+    config = tmp / "ddp.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    acts, train = [next(s for s in build_plan(cfg) if s.kind == k) for k in ("activations", "train")]
+    rates: dict[str, list[float]] = {"one_process": [], "two_ranks": []}
+    for r in range(repeats):
+        for mode in rates:
+            store = ArtifactStore(tmp / f"ddp-{mode}-{r}")
+            staging = store.staging_dir("activations", acts.key)
+            write_shards(staging, 12)
+            store.commit("activations", acts.key, staging, {"label": acts.label, "params": acts.params, "summary": {}})
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pipeline.training.worker"] \
+                if mode == "two_ranks" else [sys.executable, "-m", "pipeline.cli", "run-stage"]
+            env = {**os.environ, "OMP_NUM_THREADS": "1" if mode == "two_ranks" else "2"}
+            subprocess.run([*launcher, str(config), train.key, "--artifacts", str(store.root), "--quiet"], cwd=REPO, env=env, check=True,
+                           capture_output=True)
+            summary = store.manifest("train", train.key)["summary"]
+            rates[mode].append(summary["tokens"] / summary["seconds_this_attempt"])
+    return {**rates, "ratio_mean": statistics.mean(rates["two_ranks"]) / statistics.mean(rates["one_process"]),
+            "spread": {m: [min(v), max(v)] for m, v in rates.items()}}
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                               "load_average_at_start": os.getloadavg()},
+                   "feeding": feeding(Path(tmp), 3), "ddp": ddp(Path(tmp), 2)}
+    out = REPO / "bench" / "results" / "feeding.json"
+    out.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Synthetic ground truth (SynthSAEBench metrics) with the supervised probe ceiling as its prep (README.md)."""
+
+from evals.contract import EvalDef
+from evals.synthetic.config import SyntheticConfig, variants
+from evals.synthetic.output import PROBE_BASELINE, REPORTED
+
+EVAL = EvalDef(
+    "synthetic",
+    2,
+    SyntheticConfig,
+    __name__,
+    REPORTED,
+    prep="synthetic",
+    runs_on="synthetic",
+    prep_exclude=("loo_tau",),
+    sae_format="folder",
+    variants=variants,
+    report_prep=PROBE_BASELINE,
+)

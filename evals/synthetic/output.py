@@ -1,0 +1,62 @@
+"""The synthetic eval's result file (sae-lens's ``eval_sae_on_synthetic_data`` result, flattened) and
+what the report takes from it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from pipeline.kinds import Metric, Reported
+
+RESULT_FILE = "synthetic.json"
+PROBE_BASELINE = "probe_baseline"
+"""Name under which the report shows the prep's result (the supervised probe ceiling)."""
+
+
+class SyntheticEvalOutput(BaseModel):
+    """One SAE (variant) scored against the ground truth; SAEBench has no schema for this eval."""
+
+    metrics: dict[str, float]
+    """The flat headline metrics (``evaluate.flat_metrics``)."""
+    variant: str
+    """'plain' or 'loo'."""
+    loo_tau: float | None
+    eval_samples: int
+    sae_loader: str
+    """'saepipe_coder' (LISTA and recipe LOO as trained) or 'sae_lens'."""
+    sae_id: str
+    d_sae: int
+    num_features: int
+    sae_lens_result: dict[str, Any]
+    """sae-lens's full result (``SyntheticEvalResult.to_dict()``)."""
+
+    def to_json_file(self, path: str, indent: int = 2) -> None:
+        """The same call as sae-bench's outputs, so the stage writes every eval alike."""
+        with open(path, "w") as f:
+            json.dump(self.model_dump(mode="json"), f, indent=indent)
+
+
+def extract(result: dict[str, Any]) -> dict[str, float]:
+    return dict(result["metrics"])
+
+
+REPORTED = Reported(
+    "Synthetic ground truth",
+    RESULT_FILE,
+    extract,
+    {
+        "f1": Metric("higher", headline=True),
+        "precision": Metric("higher"),
+        "recall": Metric("higher"),
+        "accuracy": Metric("higher"),
+        "mcc": Metric("higher", headline=True),
+        "uniqueness": Metric("higher", headline=True),
+        "explained_variance": Metric("higher"),
+        "l0": Metric(None),
+        "true_l0": Metric(None),
+        "dead_latents": Metric("lower"),
+        "shrinkage": Metric(None),
+    },
+)

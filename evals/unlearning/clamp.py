@@ -1,0 +1,46 @@
+"""SAEBench's intervention (clamping the selected latents at the hook) and the answers it leaves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from sae_bench.evals.unlearning.utils.intervention import anthropic_clamp_resid_SAE_features
+
+from evals.unlearning.forward import new_cache, pad_rows, run_piece, run_prompt
+from evals.unlearning.scoring import choice_scores
+from evals.unlearning.stored import KeptQuestion
+
+
+def clamp_piece(
+    rows_RD: torch.Tensor, sae: Any, features: list[int], multiplier: int, has_position_0: bool
+) -> torch.Tensor:
+    """SAEBench's intervention (``anthropic_clamp_resid_SAE_features``, called as is) on a piece of a
+    sequence. It leaves position 0 (BOS) alone, so a piece that does not start the sequence gets a
+    placeholder row in front, dropped after. Everything else it does is per position."""
+    x = rows_RD if has_position_0 else torch.cat([torch.zeros_like(rows_RD[:1]), rows_RD])
+    out = anthropic_clamp_resid_SAE_features(
+        x[None], None, sae, features_to_ablate=features, multiplier=multiplier  # type: ignore[arg-type]
+    )
+    if out is None:  # SAEBench's hook changes nothing when no latent is selected
+        return rows_RD
+    return out[0] if has_position_0 else out[0, 1:]
+
+
+@torch.no_grad()
+def answers_with_clamp(model: Any, sae: Any, head_acts: torch.Tensor | None, qs: list[KeptQuestion],
+                       features: list[int], multiplier: int, first_block: int,
+                       answer_ids: torch.Tensor | None) -> list[bool]:  # fmt: skip
+    """Whether each kept question is still answered correctly with SAEBench's clamp at the hook."""
+    device, dtype = model.cfg.device, model.cfg.dtype
+    head = new_cache(model)
+    if head_acts is not None:
+        x = clamp_piece(head_acts.to(device, dtype), sae, features, multiplier, has_position_0=True)
+        run_piece(model, x[None], head, first_block)
+    right = []
+    for q in qs:
+        x = clamp_piece(q.acts.to(device, dtype), sae, features, multiplier, has_position_0=head_acts is None)
+        conts = pad_rows(list(x[q.own :].split([len(c) for c in q.choices]))) if q.choices else None
+        ran = run_prompt(model, head, x[None, : q.own], conts, first_block)
+        right.append(int(choice_scores(model, ran, q.choices, answer_ids).argmax()) == q.answer)
+    return right

@@ -1,0 +1,119 @@
+"""The model run in cached pieces on a key/value cache: the head all prompts share (once), a prompt's own
+tokens, then its continuations as one batch on a frozen copy of the cache. With causal attention this is
+the same computation as one pass per full sequence (the tests compare them), at a fraction of the cost on
+CPU: the question is not repeated for each answer, nor the template for each question."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.utilities.activation_functions import apply_softcap
+
+
+@contextmanager
+def mlp_weights_stored_transposed(model: Any) -> Iterator[None]:
+    """TransformerLens' gated MLP runs ``F.linear(x, W.T.contiguous())``: a copy of each weight on every
+    call, which on CPU costs more than the matmul itself for the few dozen tokens of one piece. Storing
+    each MLP weight transposed in memory (same shape, same values, only the strides differ) makes that
+    ``.contiguous()`` free and the matmul identical. The usual layout is restored on exit."""
+    params = [
+        getattr(block.mlp, name) for block in model.blocks for name in ("W_gate", "W_in", "W_out")
+        if isinstance(getattr(block.mlp, name, None), torch.nn.Parameter) and getattr(block.mlp, name).dim() == 2
+    ]  # fmt: skip
+    for param in params:
+        param.data = param.data.T.contiguous().T
+    try:
+        yield
+    finally:
+        for param in params:
+            param.data = param.data.contiguous()
+
+
+def new_cache(model: Any) -> TransformerLensKeyValueCache:
+    return TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=1)
+
+
+def fork(cache: TransformerLensKeyValueCache, n: int = 1, frozen: bool = False) -> TransformerLensKeyValueCache:
+    """A cache continuing from ``cache`` (batch 1) for ``n`` sequences; frozen: its runs do not extend it.
+    ``cache`` itself is never changed (appending builds new tensors)."""
+    entries = [
+        TransformerLensKeyValueCacheEntry(
+            e.past_keys.expand(n, -1, -1, -1), e.past_values.expand(n, -1, -1, -1), frozen=frozen
+        )
+        for e in cache.entries
+    ]
+    return TransformerLensKeyValueCache(entries, cache.previous_attention_mask.expand(n, -1), frozen=frozen)
+
+
+@torch.no_grad()
+def run_piece(model: Any, x: torch.Tensor, cache: TransformerLensKeyValueCache, first_block: int,
+              hook: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """Run ``x`` after what ``cache`` holds, to the output of the last block. ``x`` is token ids [B, T] (the
+    whole model runs) or hook activations [B, T, d] (blocks from ``first_block`` on run). With ``hook``,
+    the activations there are returned too."""
+    kwargs: dict[str, Any] = {"stop_at_layer": model.cfg.n_layers, "past_kv_cache": cache}
+    if x.dtype == torch.long:  # an explicit mask: SmolLM2's pad id is also its <|im_end|>, which prompts contain
+        kwargs["attention_mask"] = torch.ones_like(x)
+    else:
+        kwargs["start_at_layer"] = first_block
+    if hook is None:
+        return model(x, **kwargs), None
+    saved: list[torch.Tensor] = []
+    with model.hooks(fwd_hooks=[(hook, lambda act, hook: saved.append(act.detach()))]):
+        out = model(x, **kwargs)
+    return out, saved[0]
+
+
+def final_logits(model: Any, resid_ND: torch.Tensor) -> torch.Tensor:
+    """Logits at the given final-block residuals only: final norm, unembedding, soft cap as the model
+    applies them (TransformerLens' Unembed copies W_U on every call, too slow for one row at a time)."""
+    logits = model.ln_final(resid_ND[None])[0] @ model.W_U + model.b_U
+    return apply_softcap(logits, model.cfg.output_logits_soft_cap)
+
+
+def pad_rows(pieces: list[torch.Tensor], fill: int | float = 0) -> torch.Tensor:
+    """Right-pad [T_i, ...] pieces into one [n, max T_i, ...] batch (padding trails, so causal attention
+    keeps it out of every real position)."""
+    out = pieces[0].new_full((len(pieces), max(len(p) for p in pieces), *pieces[0].shape[1:]), fill)
+    for i, p in enumerate(pieces):
+        out[i, : len(p)] = p
+    return out
+
+
+@dataclass
+class Ran:
+    """What one prompt's run gives: the last prompt position's final residual, the continuations'
+    final residuals, and (when asked) the hook activations of the prompt's own tokens and continuations."""
+
+    last: torch.Tensor
+    conts: torch.Tensor | None
+    own_acts: torch.Tensor | None = None
+    conts_acts: torch.Tensor | None = None
+
+
+def run_prompt(model: Any, head: TransformerLensKeyValueCache, own: torch.Tensor, conts: torch.Tensor | None,
+               first_block: int, hook: str | None = None) -> Ran:  # fmt: skip
+    """One prompt after the shared head: its own tokens (or hook activations) [1, T], then its
+    continuations [n, L] as one batch."""
+    cache = fork(head)
+    out, own_acts = run_piece(model, own, cache, first_block, hook)
+    ran = Ran(out[0, -1], None, own_acts[0] if own_acts is not None else None)
+    if conts is not None:
+        ran.conts, conts_acts = run_piece(model, conts, fork(cache, len(conts), frozen=True), first_block, hook)
+        ran.conts_acts = conts_acts
+    return ran
+
+
+def start_layer(hook: str, layer: int) -> int:
+    """The first block to run after the hook: resid_post of block L feeds block L + 1."""
+    if hook.endswith("hook_resid_post"):
+        return layer + 1
+    if hook.endswith("hook_resid_pre"):
+        return layer
+    raise ValueError(f"evals.unlearning supports resid_pre / resid_post hooks, got {hook!r}")

@@ -1,0 +1,135 @@
+"""Recipe specification: which SAE ideas a run combines, as frozen pydantic models read from YAML.
+
+Every optional piece is `None` (off) or its own small spec; `build_coder` turns a spec into modules.
+Checks that need `d_sae` (which lives outside the recipe) happen in `build_coder`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ActivationName = Literal["topk", "batchtopk", "jumprelu", "relu_l1"]
+TOPK_STYLE: frozenset[str] = frozenset({"topk", "batchtopk"})
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchTopKSpec(_Spec):
+    """Inference threshold fitted during training (EMA of the smallest kept activation)."""
+
+    threshold: Literal["global", "per_latent"] = "global"
+    threshold_lr: float = Field(0.01, gt=0.0, le=1.0)
+
+
+class JumpReLUSpec(_Spec):
+    """JumpReLU (Rajamanoharan et al. 2024): threshold learned with a rectangle-kernel pseudo-gradient."""
+
+    init_threshold: float = Field(0.001, gt=0.0)
+    bandwidth: float = Field(0.001, gt=0.0)
+    l0_coefficient: float = Field(1.0, ge=0.0)
+
+
+class ReluL1Spec(_Spec):
+    """ReLU with an L1 penalty on activations (decoder rows are unit norm, so no norm weighting)."""
+
+    l1_coefficient: float = Field(1.0, ge=0.0)
+
+
+class MatryoshkaSpec(_Spec):
+    """Prefix reconstruction losses (Bussmann et al. 2025, "Learning Multi-Level Features with Matryoshka SAEs")."""
+
+    levels: tuple[int, ...] = Field(..., min_length=1, description="cumulative widths; the last must equal d_sae")
+    detach_inner: bool = False
+    order_by_frequency: bool = False
+    frequency_ema: float = Field(0.01, gt=0.0, le=1.0)
+
+    @field_validator("levels")
+    @classmethod
+    def _increasing(cls, levels: tuple[int, ...]) -> tuple[int, ...]:
+        if any(w <= 0 for w in levels):
+            raise ValueError(f"matryoshka levels must be positive widths, got {list(levels)}")
+        if any(b <= a for a, b in zip(levels, levels[1:])):
+            raise ValueError(f"matryoshka levels must be strictly increasing, got {list(levels)}")
+        return levels
+
+
+class ListaSpec(_Spec):
+    """LISTA-style encoder refinement (Gregor & LeCun 2010, "Learning Fast Approximations of Sparse Coding")."""
+
+    steps: int = Field(1, ge=1)
+    eta: float = Field(0.3, gt=0.0)
+
+
+class KAnnealSpec(_Spec):
+    """Linear K schedule from `k_start` down (or up) to the run's k over `fraction` of training."""
+
+    k_start: int = Field(..., ge=1)
+    fraction: float = Field(0.5, gt=0.0, le=1.0)
+
+
+class TermSpec(_Spec):
+    """Tilted empirical risk (Li et al. 2021, "Tilted Empirical Risk Minimization")."""
+
+    t: float = 2e-3
+
+
+class OrthogonalitySpec(_Spec):
+    """Co-occurrence-weighted decoder orthogonality penalty."""
+
+    coefficient: float = Field(0.01, ge=0.0)
+    competition_threshold: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class AuxKSpec(_Spec):
+    """Dead-latent auxiliary loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders")."""
+
+    k_aux: int = Field(512, ge=1)
+    coefficient: float = Field(1.0 / 32.0, ge=0.0)
+
+
+class LooSpec(_Spec):
+    """Leave-one-out pruning of active latents at inference."""
+
+    tau: float = 0.0
+
+
+class RecipeSpec(_Spec):
+    """One SAE recipe: an activation plus optional, independently switchable pieces."""
+
+    activation: ActivationName = "batchtopk"
+    batchtopk: BatchTopKSpec = BatchTopKSpec()
+    jumprelu: JumpReLUSpec = JumpReLUSpec()
+    relu_l1: ReluL1Spec = ReluL1Spec()
+    matryoshka: MatryoshkaSpec | None = None
+    lista: ListaSpec | None = None
+    k_anneal: KAnnealSpec | None = None
+    term: TermSpec | None = None
+    orthogonality: OrthogonalitySpec | None = None
+    aux_k: AuxKSpec | None = AuxKSpec()
+    loo: LooSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aux_k_default_only_for_topk(cls, data: Any) -> Any:
+        """AuxK is on by default, but only TopK-style activations have a 'top k_aux dead latents'."""
+        if isinstance(data, dict) and "aux_k" not in data:
+            if data.get("activation", "batchtopk") not in TOPK_STYLE:
+                data = {**data, "aux_k": None}
+        return data
+
+    @model_validator(mode="after")
+    def _pieces_fit_activation(self) -> RecipeSpec:
+        act = self.activation
+        for name in ("batchtopk", "jumprelu", "relu_l1"):
+            settings = getattr(self, name)
+            if name != act and settings != type(settings)():
+                raise ValueError(f"settings for '{name}' were given but activation is '{act}'")
+        if act not in TOPK_STYLE:
+            for name in ("aux_k", "lista", "k_anneal"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"'{name}' needs a TopK-style activation (topk or batchtopk), not '{act}'")
+        return self

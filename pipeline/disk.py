@@ -1,0 +1,101 @@
+"""Disk sizing before anything runs: the bytes each stage will write, and whether the plan fits.
+
+Each stage kind names its estimator in its ``StageKind`` declaration (``planned_bytes``); the formulas
+live here, in one place, from the stage's params alone (a plan is sized without loading a model).
+Estimates are upper-ish bounds on what the artifact and its ``.work`` scratch hold at their peak.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from pipeline.config.facts import known_d_model
+from pipeline.dag import Stage
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+ROW_IDS = 12
+"""token_id, seq_id, pos: three int32 columns per activation row."""
+PARQUET_OVERHEAD = 1.02
+"""Page headers, statistics and footers; float activations do not compress."""
+CHECKPOINTS_KEPT = 2
+"""pipeline.training.checkpoint.KEEP."""
+
+
+def activation_width(acts: Stage) -> int | None:
+    """d_model of an activations stage (a language model's, or a synthetic model's hidden dim)."""
+    if "model" in acts.params:
+        model = acts.params["model"]
+        return known_d_model(model["source"], model["name"])
+    synth = acts.inputs.get("synthetic_model")
+    return synth.params["synthetic"]["hidden_dim"] if synth is not None else None
+
+
+def activation_shards(stage: Stage) -> int | None:
+    """Tokens × (d_model × dtype + ids), plus Parquet overhead."""
+    width = activation_width(stage)
+    if width is None:
+        return None
+    acts = stage.params["activations"]
+    return int(acts["n_tokens"] * (width * DTYPE_BYTES[acts["dtype"]] + ROW_IDS) * PARQUET_OVERHEAD)
+
+
+def sae_training(stage: Stage) -> int | None:
+    """The saved SAE (fp32 W_enc, W_dec, biases) plus the checkpoints kept at the peak: weights and Adam's two moments each."""
+    d_in = activation_width(stage.inputs["activations"])
+    if d_in is None:
+        return None
+    d_sae = stage.params["d_sae"]
+    weights = 4 * (2 * d_in * d_sae + d_sae + d_in)
+    return weights + CHECKPOINTS_KEPT * 3 * weights
+
+
+def synthetic_model(stage: Stage) -> int:
+    """Feature directions (fp32) and the correlation factors, a few copies' worth at most."""
+    spec = stage.params["synthetic"]
+    return 4 * spec["num_features"] * (spec["hidden_dim"] + 64) + 2**20
+
+
+def small(stage: Stage) -> int:
+    """JSON results and reports: a few MB at most."""
+    return 4 * 2**20
+
+
+def free_bytes(root: Path) -> int:
+    """Free space of the filesystem that holds (or will hold) the artifact root."""
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def human(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+FIELD_OF_KIND = {"activations": "activations.n_tokens", "synthetic_activations": "activations.n_tokens", "train": "saes[].d_sae"}
+"""The setting to lower when a kind's stages do not fit."""
+
+
+def shortfall(planned: list[tuple[Stage, int | None]], root: Path) -> str | None:
+    """One line naming the setting, the bytes needed and the bytes free when the stages still to run do
+    not fit on the artifact filesystem; None when they do (unknown sizes count as zero)."""
+    need = sum(n or 0 for _, n in planned)
+    free = free_bytes(root)
+    if need <= free:
+        return None
+    by_kind: dict[str, int] = {}
+    for stage, n in planned:
+        by_kind[stage.kind] = by_kind.get(stage.kind, 0) + (n or 0)
+    worst = max(by_kind, key=by_kind.__getitem__)
+    field = FIELD_OF_KIND.get(worst, worst)
+    return (
+        f"{field}: the stages still to run write {human(need)} ({worst}: {human(by_kind[worst])}) but {root} has "
+        f"{human(free)} free; lower {field}, free some space, or pass --skip-disk-check"
+    )

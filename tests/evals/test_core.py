@@ -1,0 +1,135 @@
+"""Eval `core`: our split (prep's model passes once, the SAE and the model's tail per SAE) against
+sae-bench's own ``run_evals`` (the whole model per SAE) on the same model, SAE and tokens.
+
+Tolerance: 1e-5 relative on every metric and every per-latent value. On CPU both sides run the same
+float operations on the same tensors (the tail starts from the very activations the full pass feeds
+its next block), so the measured differences are 0; the tolerance leaves room for kernels that pick a
+different summation order for a different batch shape.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
+
+from evals.contract import EvalEnv, prepare_in_memory
+from evals.core import prepare as core_prep
+from evals.core.evaluate import evaluate
+from evals.core.measures import special_mask
+from evals.core.prepare import ACTS, CE_ABLATED, CE_CLEAN, CLEAN_LOGITS, KL_ABLATED, RESID, TOKENS, heldout_tokens
+from evals.core.reference import saebench_core
+from evals.core.tail import Tail
+from pipeline.data.contexts import token_contexts
+from pipeline.data.corpora import documents
+from pipeline.models.cache import get_model
+from pipeline.progress import Reporter
+from pipeline.recipes.as_trained import load_as_trained
+
+RTOL = 1e-5
+QUIET = Reporter(enabled=False)
+
+
+def leaves(tree: Any, prefix: str = "") -> dict[str, float]:
+    """Every number in a JSON tree, keyed by its path (lists index by position)."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in leaves(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in leaves(sub, f"{prefix}[{i}]").items()}
+    return {prefix: float(tree)} if isinstance(tree, int | float) and not isinstance(tree, bool) else {}
+
+
+def rel_diff(a: float, b: float) -> float:
+    return 0.0 if a == b else abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+def results(output: Any) -> dict[str, float]:
+    raw = json.loads(output.to_json())
+    return leaves({"metrics": raw["eval_result_metrics"], "details": raw["eval_result_details"]})
+
+
+def core_setup(tiny_run, hook: str, clean_logits_max_mib: int, folder: Path) -> tuple:
+    cfg, store, train = tiny_run
+    spec = cfg.model.model_copy(update={"hook": hook})
+    sae = load_as_trained(store.path("train", train.key) / "sae", spec.device)
+    sae.cfg.metadata.hook_name = hook  # the same SAE read at another hook: both sides splice it there
+    sae = load_and_format_sae(cfg.name, sae, spec.device)[1]
+    env = EvalEnv(spec, cfg.data.prepend_bos, QUIET, "btk-s0", cfg.name, data=cfg.data)
+    p = cfg.evals.core.model_copy(update={"clean_logits_max_mib": clean_logits_max_mib})
+    prepared = prepare_in_memory(core_prep.prepare, env, p, folder)
+    return sae, env, p, prepared
+
+
+@pytest.fixture(scope="module")
+def stored(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """resid_post (the tail starts at the next block from the hook's activations), clean logits stored."""
+    return core_setup(tiny_run, tiny_run[0].model.hook, 1024, tmp_path_factory.mktemp("core_stored"))
+
+
+def assert_parity(sae, env, p, prepared) -> dict[str, float]:
+    ours, summary = evaluate(prepared, sae, env, p)
+    ref = saebench_core(prepared, sae, env, p)
+    a, b = results(ours), results(ref)
+    assert a.keys() == b.keys() and len(a) > 10 * sae.cfg.d_sae
+    worst = {k: rel_diff(a[k], b[k]) for k in a}
+    bad = {k: (a[k], b[k]) for k, d in worst.items() if d > RTOL}
+    assert not bad, f"{len(bad)} values differ beyond {RTOL}: {dict(list(bad.items())[:10])}"
+    assert summary["ce_loss_score"] == ours.eval_result_metrics.model_performance_preservation.ce_loss_score
+    return worst
+
+
+def test_matches_saebench_run_evals(stored) -> None:
+    sae, env, p, prepared = stored
+    assert CLEAN_LOGITS in prepared.names() and RESID not in prepared.names()
+    worst = assert_parity(sae, env, p, prepared)
+    print("max relative difference:", max(worst.values()))
+
+
+@pytest.mark.parametrize("hook", ["blocks.3.hook_resid_mid", "blocks.29.hook_resid_post"])
+def test_matches_saebench_where_the_tail_starts_below_the_hook(tiny_run, hook: str, tmp_path: Path) -> None:
+    """resid_mid and the last block's resid_post: the tail reruns the hooked block from its resid_pre;
+    and with no room for the clean logits, the clean tail is rerun per SAE."""
+    sae, env, p, prepared = core_setup(tiny_run, hook, 0, tmp_path)
+    assert RESID in prepared.names() and CLEAN_LOGITS not in prepared.names()
+    assert not Tail.of(hook, 30).starts_at_splice
+    assert_parity(sae, env, p, prepared)
+
+
+def test_numbers_are_plausible(stored) -> None:
+    sae, env, p, prepared = stored
+    output, _ = evaluate(prepared, sae, env, p)
+    m = output.eval_result_metrics
+    assert 0 < m.model_performance_preservation.ce_loss_score <= 1
+    assert m.model_performance_preservation.ce_loss_with_ablation > m.model_performance_preservation.ce_loss_with_sae
+    assert m.model_performance_preservation.ce_loss_with_sae > m.model_performance_preservation.ce_loss_without_sae
+    assert 0 < m.model_behavior_preservation.kl_div_with_sae < m.model_behavior_preservation.kl_div_with_ablation
+    assert 0 < m.reconstruction_quality.explained_variance < 1 and 0 < m.sparsity.l0 <= sae.cfg.d_sae
+    assert prepared.tensor(CE_ABLATED).mean() > prepared.tensor(CE_CLEAN).mean()
+
+
+def test_prep_stores_what_the_passes_read(stored) -> None:
+    sae, env, p, prepared = stored
+    tokens = prepared.tensor(TOKENS)
+    assert tokens.shape == (p.n_contexts, env.data.context_size)
+    assert prepared.reader(ACTS).shape == (p.n_contexts, env.data.context_size, sae.cfg.d_in)
+    model, _ = get_model(env.model_spec)
+    assert prepared.reader(CLEAN_LOGITS).shape == (p.n_reconstruction_contexts, env.data.context_size, model.cfg.d_vocab)
+    counted = special_mask(tokens[: p.n_reconstruction_contexts], prepared.meta["ignore_tokens"])
+    assert len(prepared.tensor(CE_CLEAN)) == counted[:, :-1].sum() and len(prepared.tensor(KL_ABLATED)) == counted.sum()
+    assert not counted[:, 0].any()  # BOS opens every context and is left out, as in training
+
+
+def test_heldout_documents_are_disjoint_from_training_documents(tiny_run) -> None:
+    cfg, _, _ = tiny_run
+    held, trained = set(documents(cfg.data, heldout=True)), set(documents(cfg.data, heldout=False))
+    assert held and trained and not held & trained
+    _, tokenizer = get_model(cfg.model)
+    p = cfg.evals.core
+    env = EvalEnv(cfg.model, cfg.data.prepend_bos, QUIET, data=cfg.data)
+    from_heldout = heldout_tokens(env, p, tokenizer)
+    from_training = token_contexts(documents(cfg.data, heldout=False), tokenizer, cfg.data.context_size, cfg.data.prepend_bos)
+    first_training = [next(from_training) for _ in range(p.n_contexts)]
+    assert not {tuple(r) for r in from_heldout.tolist()} & {tuple(r) for r in first_training}

@@ -1,0 +1,121 @@
+"""Data-parallel training with torchrun: two CPU ranks (gloo) give the one-process result, and a
+`kill -9` of the whole torchrun job (launcher and ranks, as a node failure or scancel does) resumes,
+on re-run, to the same result bit-for-bit.
+
+The recipe exercises every statistic the ranks must share: BatchTopK's global top-k and threshold,
+Matryoshka frequency ordering, TERM weights, orthogonality co-occurrence and AuxK's dead mask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline import cli
+from pipeline.artifacts import ArtifactStore, sha256_file
+from pipeline.loading import parse_config
+from tests.conftest import REPO, write_config
+from tests.tiny_shards import train_config, train_stage, write_activations
+
+RECIPE = {
+    "matryoshka": {"levels": [16, 64], "order_by_frequency": True},
+    "term": {"t": 0.5},
+    "orthogonality": {"coefficient": 0.01},
+    "aux_k": {"k_aux": 8},
+}
+STEPS = 200
+WEIGHT_ATOL = 1e-5
+"""fp32: the two runs sum the same numbers in a different order (slices of the batch, then ranks)."""
+
+
+def torchrun(config: Path, key: str, artifacts: Path, **kw: Any) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pipeline.training.worker", str(config), key, "--artifacts", str(artifacts)]
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 180) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same stage trained in one process and in two ranks, each in its own artifact root."""
+    root = tmp_path_factory.mktemp("ddp")
+    raw = train_config(recipe=RECIPE, train_tokens=64 * STEPS, dead_after_tokens=640, checkpoint_every=20)
+    config = write_config(root, raw)
+    cfg = parse_config(raw)
+    stores = {name: ArtifactStore(root / name) for name in ("one", "two", "killed")}
+    for store in stores.values():
+        write_activations(store, cfg)
+    train = train_stage(cfg)
+    assert cli.main(["run-stage", str(config), train.key, "--quiet", "--artifacts", str(stores["one"].root)]) == 0
+    finish(torchrun(config, train.key, stores["two"].root))
+    return {"config": config, "train": train, **stores}
+
+
+def trained(store: ArtifactStore, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    folder = store.path("train", key)
+    return load_file(folder / "sae" / "saepipe_coder.safetensors"), json.loads((folder / "train_log.json").read_text())
+
+
+def test_two_gloo_ranks_train_what_one_process_trains(runs: dict[str, Any]) -> None:
+    key = runs["train"].key
+    (w1, log1), (w2, log2) = trained(runs["one"], key), trained(runs["two"], key)
+    assert runs["two"].manifest("train", key)["summary"]["data_parallel_ranks"] == 2
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], atol=WEIGHT_ATOL, rtol=0, msg=name)
+    assert len(log1["steps"]) == len(log2["steps"]) == STEPS
+    assert any(s["loss/aux_k"] > 0 for s in log1["steps"])  # dead latents did occur, so the dead mask was shared
+    for step, (a, b) in enumerate(zip(log1["steps"], log2["steps"])):
+        for metric, value in a.items():
+            assert b[metric] == pytest.approx(value, rel=1e-5, abs=1e-6), f"step {step + 1} {metric}"
+    assert log1["fired_count"] == log2["fired_count"]
+
+
+def test_kill_9_of_torchrun_then_rerun_resumes_to_the_same_result(runs: dict[str, Any]) -> None:
+    key, killed = runs["train"].key, runs["killed"]
+    ckpts = killed.root / "train" / ".work" / key / "checkpoints"
+    proc = torchrun(runs["config"], key, killed.root, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not any(p.name >= "ckpt-00000040" for p in ckpts.glob("ckpt-*")):
+        assert proc.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+    ranks = children(proc.pid)
+    assert len(ranks) == 2
+    for group in [proc.pid, *ranks]:  # torchrun starts each rank in its own session: kill all three groups
+        os.killpg(group, signal.SIGKILL)
+    proc.wait()
+    assert not killed.is_complete("train", key)
+    out = finish(torchrun(runs["config"], key, killed.root))
+    assert "resuming from ckpt-" in out
+    weights = "sae/sae_weights.safetensors"
+    assert sha256_file(killed.path("train", key) / weights) == sha256_file(runs["two"].path("train", key) / weights)
+    assert trained(killed, key)[1] == trained(runs["two"], key)[1]
