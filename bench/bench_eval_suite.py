@@ -11,7 +11,11 @@ peak memory of each eval stage.
 * peak memory: each eval stage of the 1-SAE run as its own ``pipeline run-stage`` process (what a SLURM
   job runs), max RSS from ``wait4``.
 
+* core per SAE: sae-bench's ``run_evals`` against our ``evaluate`` on the same prep (``--core-only``
+  runs just this, on 1 SAE).
+
 Usage: python bench/bench_eval_suite.py [--config default] [--tokens 60000] [--out bench/results/eval_suite.json]
+       [--core-only | --memory-only]
 """
 
 from __future__ import annotations
@@ -132,6 +136,45 @@ def peak_memory(raw: dict[str, Any], store: ArtifactStore, folder: Path) -> dict
     return out
 
 
+def bench_core(raw: dict[str, Any], store: ArtifactStore, folder: Path, rounds: int = 2) -> dict[str, Any]:
+    """``eval_core`` per SAE: sae-bench's ``run_evals`` (the whole model per SAE) against our ``evaluate``
+    (the SAE on cached activations, the model's tail from the cached residual), same model, SAE, tokens,
+    interleaved rounds in one process with the model loaded; prep (once per run) timed apart."""
+    from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
+
+    from evals.contract import EvalEnv, prepare_in_memory
+    from evals.core import prepare as core_prep
+    from evals.core.evaluate import evaluate
+    from evals.core.reference import saebench_core
+    from pipeline.models.cache import get_model
+    from pipeline.recipes.as_trained import load_as_trained
+
+    cfg = parse_config(raw)
+    train = next(s for s in build_plan(cfg) if s.kind == "train")
+    sae = load_and_format_sae(cfg.name, load_as_trained(store.path("train", train.key) / "sae"), "cpu")[1]
+    env = EvalEnv(cfg.model, cfg.data.prepend_bos, Reporter(enabled=False), "sae-s0", cfg.name, data=cfg.data)
+    p = cfg.evals.core
+    get_model(cfg.model)
+    start = time.perf_counter()
+    prepared = prepare_in_memory(core_prep.prepare, env, p, folder / "core_prep")
+    prep_s = time.perf_counter() - start
+    times: dict[str, list[float]] = {"saebench": [], "ours": []}
+    for _ in range(rounds):
+        for side, fn in (("saebench", saebench_core), ("ours", lambda *a: evaluate(*a)[0])):
+            start = time.perf_counter()
+            fn(prepared, sae, env, p)
+            times[side].append(round(time.perf_counter() - start, 2))
+    best = {side: min(t) for side, t in times.items()}
+    cache_mib = sum(f.stat().st_size for f in (folder / "core_prep").rglob("*") if f.is_file()) / 2**20
+    return {
+        "hook": cfg.model.hook, "contexts": prepared.meta["contexts"], "context_size": cfg.data.context_size,
+        "batch_size_prompts": p.batch_size_prompts, "n_reconstruction_batches": p.n_reconstruction_batches,
+        "n_sparsity_batches": p.n_sparsity_batches, "clean_logits": prepared.meta["clean_logits"],
+        "prep_s": round(prep_s, 2), "prep_cache_mib": round(cache_mib, 1), "per_sae_s": times,
+        "speedup_per_sae": round(best["saebench"] / best["ours"], 2),
+    }  # fmt: skip
+
+
 def saebench_sparse_probing(raw: dict[str, Any], store: ArtifactStore, n_saes: int) -> float:
     """sae-bench's ``run_eval_single_dataset`` per SAE and dataset, its activations recomputed each time
     as its runner does (``get_dataset_activations``: tokenize, ``get_all_llm_activations``)."""
@@ -185,7 +228,18 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=60_000)
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "eval_suite.json"))
     parser.add_argument("--memory-only", action="store_true", help="only the per-stage peak memory (1 SAE)")
+    parser.add_argument("--core-only", action="store_true", help="only eval_core per SAE, against sae-bench's run_evals")
     args = parser.parse_args()
+    if args.core_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw1 = bench_config(args.config, args.tokens, 1)
+            store = ArtifactStore(Path(tmp) / "base")
+            train_all(raw1, store)
+            core = bench_core(raw1, store, Path(tmp))
+        print(json.dumps(core, indent=2))
+        previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+        save({**previous, "core_per_sae": core}, args.out)
+        return
     if args.memory_only:
         with tempfile.TemporaryDirectory() as tmp:
             raw1 = bench_config(args.config, args.tokens, 1)
@@ -208,6 +262,9 @@ def main() -> None:
             result[f"ours_{n}_sae"] = run_ours(raw, clone_upstream(base, tmp / f"s{n}"), tmp)
             print(f"ours, {n} SAE(s): {result[f'ours_{n}_sae']}", flush=True)
         result["ours_ratio_4_vs_1"] = round(result["ours_4_sae"]["eval_stage_s"] / result["ours_1_sae"]["eval_stage_s"], 3)
+        save(result, args.out)
+        result["core_per_sae"] = bench_core(raw1, base, tmp)
+        print(f"core per SAE: {result['core_per_sae']}", flush=True)
         save(result, args.out)
         if parse_config(raw4).evals.sparse_probing.enabled:
             ref = {n: saebench_sparse_probing(raw4, base, n) for n in (1, 4)}

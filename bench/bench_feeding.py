@@ -7,7 +7,9 @@ batch 1024, Adam) for one epoch two ways: batches from `ShardStream.batches(...,
 (read + sha256 + decode + shuffle on the reader thread) and the same batches pre-loaded into a list.
 (b) runs the train stage through `torchrun --nproc_per_node 2` and through one process on the same
 shards (the stage's own `seconds_this_attempt`, so process start-up is not counted).
-Repeats: 3 (a), 2 (b); reports mean and spread. Writes bench/results/feeding.json.
+(b) also runs one process pinned to 1 thread, to separate the cost of data parallelism from that of
+2-thread intra-op parallelism. Repeats, interleaved: 5 (a), 3 (b); reports the median and the range.
+Writes bench/results/feeding.json.
 
 Usage: nice -n 10 python bench/bench_feeding.py
 """
@@ -30,13 +32,13 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.artifacts import ArtifactStore  # noqa: E402
-from pipeline.config.recipe import RecipeSpec  # noqa: E402
-from pipeline.data.shards import SHARD_DIR, ShardIndex, write_shard  # noqa: E402
-from pipeline.loading import parse_config  # noqa: E402
-from pipeline.plan import build_plan  # noqa: E402
-from pipeline.recipes.coder import build_coder  # noqa: E402
-from pipeline.training.stream import ShardStream  # noqa: E402
+from pipeline.artifacts import ArtifactStore
+from pipeline.config.recipe import RecipeSpec
+from pipeline.data.shards import SHARD_DIR, ShardIndex, write_shard
+from pipeline.loading import parse_config
+from pipeline.plan import build_plan
+from pipeline.recipes.coder import build_coder
+from pipeline.training.stream import ShardStream
 
 D_IN, D_SAE, K, BATCH, ROWS, SHARDS = 256, 2048, 32, 1024, 4096, 24
 
@@ -73,7 +75,7 @@ def feeding(tmp: Path, repeats: int) -> dict[str, object]:
     index = write_shards(tmp / "feed")
     n_steps = SHARDS * ROWS // BATCH
     stream = ShardStream(tmp / "feed" / SHARD_DIR, index, seed=0, window=4)
-    to_torch = lambda a: torch.from_numpy(a).float()  # noqa: E731
+    to_torch = lambda a: torch.from_numpy(a).float()
     held = [torch.from_numpy(b) for b, _ in zip(stream.batches(0, BATCH), range(n_steps))]
     shards, memory = [], []
     for _ in range(repeats):
@@ -81,7 +83,7 @@ def feeding(tmp: Path, repeats: int) -> dict[str, object]:
         memory.append(train_rate(iter(held), n_steps))
     ratios = [s / m for s, m in zip(shards, memory)]
     return {"steps": n_steps, "from_shards_samples_per_s": shards, "in_memory_samples_per_s": memory,
-            "ratio_mean": statistics.mean(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+            "ratios": ratios, "ratio_median": statistics.median(ratios)}
 
 
 def ddp(tmp: Path, repeats: int) -> dict[str, object]:
@@ -93,29 +95,30 @@ def ddp(tmp: Path, repeats: int) -> dict[str, object]:
     config = tmp / "ddp.yaml"
     config.write_text(yaml.safe_dump(raw))
     acts, train = [next(s for s in build_plan(cfg) if s.kind == k) for k in ("activations", "train")]
-    rates: dict[str, list[float]] = {"one_process": [], "two_ranks": []}
+    rates: dict[str, list[float]] = {"one_process": [], "one_process_1_thread": [], "two_ranks": []}
     for r in range(repeats):
-        for mode in rates:
+        for mode, measured in rates.items():
             store = ArtifactStore(tmp / f"ddp-{mode}-{r}")
             staging = store.staging_dir("activations", acts.key)
             write_shards(staging, 12)
             store.commit("activations", acts.key, staging, {"label": acts.label, "params": acts.params, "summary": {}})
             launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pipeline.training.worker"] \
                 if mode == "two_ranks" else [sys.executable, "-m", "pipeline.cli", "run-stage"]
-            env = {**os.environ, "OMP_NUM_THREADS": "1" if mode == "two_ranks" else "2"}
+            env = {**os.environ, "OMP_NUM_THREADS": "2" if mode == "one_process" else "1"}
             subprocess.run([*launcher, str(config), train.key, "--artifacts", str(store.root), "--quiet"], cwd=REPO, env=env, check=True,
                            capture_output=True)
             summary = store.manifest("train", train.key)["summary"]
-            rates[mode].append(summary["tokens"] / summary["seconds_this_attempt"])
-    return {**rates, "ratio_mean": statistics.mean(rates["two_ranks"]) / statistics.mean(rates["one_process"]),
-            "spread": {m: [min(v), max(v)] for m, v in rates.items()}}
+            measured.append(summary["tokens"] / summary["seconds_this_attempt"])
+    ratios = [two / one for two, one in zip(rates["two_ranks"], rates["one_process"])]
+    return {**rates, "ratios_two_ranks_over_one_process": ratios, "ratio_median": statistics.median(ratios)}
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                                "load_average_at_start": os.getloadavg()},
-                   "feeding": feeding(Path(tmp), 3), "ddp": ddp(Path(tmp), 2)}
+                   "feeding": feeding(Path(tmp), 5), "ddp": ddp(Path(tmp), 3)}
+    results["machine"]["load_average_at_end"] = os.getloadavg()
     out = REPO / "bench" / "results" / "feeding.json"
     out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))

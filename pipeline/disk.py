@@ -7,8 +7,10 @@ Estimates are upper-ish bounds on what the artifact and its ``.work`` scratch ho
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from pipeline.config.facts import known_d_model
 from pipeline.dag import Stage
@@ -28,7 +30,16 @@ def activation_width(acts: Stage) -> int | None:
         model = acts.params["model"]
         return known_d_model(model["source"], model["name"])
     synth = acts.inputs.get("synthetic_model")
-    return synth.params["synthetic"]["hidden_dim"] if synth is not None else None
+    return synthetic_dims(synth.params["synthetic"])[1] if synth is not None else None
+
+
+def synthetic_dims(spec: dict[str, Any]) -> tuple[int, int]:
+    """(num_features, hidden_dim) of a synthetic spec in any of its forms (keys, `sae_lens`, `saved`)."""
+    if spec.get("saved"):
+        spec = json.loads((Path(spec["saved"]) / "synthetic_model_config.json").read_text())
+    elif spec.get("sae_lens"):
+        spec = spec["sae_lens"]
+    return int(spec["num_features"]), int(spec["hidden_dim"])
 
 
 def activation_shards(stage: Stage) -> int | None:
@@ -52,8 +63,8 @@ def sae_training(stage: Stage) -> int | None:
 
 def synthetic_model(stage: Stage) -> int:
     """Feature directions (fp32) and the correlation factors, a few copies' worth at most."""
-    spec = stage.params["synthetic"]
-    return 4 * spec["num_features"] * (spec["hidden_dim"] + 64) + 2**20
+    num_features, hidden_dim = synthetic_dims(stage.params["synthetic"])
+    return 4 * num_features * (hidden_dim + 64) + 2**20
 
 
 def small(stage: Stage) -> int:

@@ -68,7 +68,7 @@ def finish(proc: subprocess.Popen[str], timeout: float = 180) -> str:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The same stage trained in one process and in two ranks, each in its own artifact root."""
     root = tmp_path_factory.mktemp("ddp")
-    raw = train_config(recipe=RECIPE, train_tokens=64 * STEPS, dead_after_tokens=640, checkpoint_every=20)
+    raw = train_config(recipe=RECIPE, train_tokens=64 * STEPS, dead_after_tokens=128, checkpoint_every=20)
     config = write_config(root, raw)
     cfg = parse_config(raw)
     stores = {name: ArtifactStore(root / name) for name in ("one", "two", "killed")}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -57,7 +57,6 @@ class LatentContexts:
     """Random windows the latent does not fire in (the delphi-style scorers' negatives)."""
     act_threshold: float
     """``act_threshold_frac`` x the largest activation in the top windows (SAEBench's)."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def encoded_batches(prepared: Prepared, sae: Any, batch: int) -> Iterator[tuple[int, torch.Tensor]]:

@@ -65,6 +65,7 @@ def judge_latent(judge: Judge, ctx: LatentContexts, p: AutointerpConfig, str_tok
         out["raw_answers"][name] = answer
         out[name] = None if labels is None else scorers.balanced_accuracy(labels, h.labels)
         out[f"{name}_null"] = None if labels is None else scorers.shuffled_null(labels, h.labels, p.n_null_shuffles, rng)
+    out["n_negatives"] = len(ctx.negatives)
     out["_held_out"] = held["detection"]
     return out
 

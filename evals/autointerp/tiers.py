@@ -19,7 +19,6 @@ before not: it predicts one), *cross* (both), *obscure* (neither: nothing shared
 from __future__ import annotations
 
 import itertools
-import statistics
 from collections.abc import Callable, Sequence
 
 import torch
@@ -67,7 +66,3 @@ def tier_mix(tiers: dict[int, str]) -> dict[str, float]:
     """Fraction of the scored latents in each tier."""
     n = len(tiers)
     return {t: (sum(v == t for v in tiers.values()) / n if n else 0.0) for t in TIERS}
-
-
-def mean_scores(scores: dict[int, dict[str, float]]) -> dict[str, float]:
-    return {k: statistics.fmean(s[k] for s in scores.values()) if scores else float("nan") for k in KINDS}

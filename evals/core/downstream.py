@@ -12,7 +12,15 @@ from torch import Tensor
 from evals.contract import Prepared
 from evals.core.config import CoreConfig
 from evals.core.measures import counted_ce, counted_kl, special_mask
-from evals.core.prepare import ACTS, CE_ABLATED, CE_CLEAN, CLEAN_LOGITS, KL_ABLATED, RESID, TOKENS
+from evals.core.prepare import (
+    ACTS,
+    CE_ABLATED,
+    CE_CLEAN,
+    CLEAN_LOGITS,
+    KL_ABLATED,
+    RESID,
+    TOKENS,
+)
 from evals.core.tail import Replace, Tail
 
 

@@ -18,7 +18,12 @@ from typing import Any
 import torch
 from pydantic import TypeAdapter
 from sae_bench.evals.core.eval_config import CoreEvalConfig
-from sae_bench.evals.core.main import calculate_misc_metrics, replace_nans_with_negative_one, run_evals, save_single_eval_result
+from sae_bench.evals.core.main import (
+    calculate_misc_metrics,
+    replace_nans_with_negative_one,
+    run_evals,
+    save_single_eval_result,
+)
 
 from evals.common import saebench_version
 from evals.contract import EvalEnv, Prepared

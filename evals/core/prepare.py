@@ -95,16 +95,16 @@ def prepare(env: EvalEnv, p: CoreConfig, sink: TensorSink) -> dict[str, Any]:
     ignore = ignored_tokens(tokenizer)
     keep_logits = stores_clean_logits(model, p, tokens.shape[1])
     sink.append(TOKENS, tokens)
-    with env.reporter.bar("core prep", total=max(p.n_reconstruction_batches, p.n_sparsity_batches), unit="batch") as bar:
-        with torch.no_grad():
-            for i, batch in enumerate(tokens.to(device).split(p.batch_size_prompts)):
-                if i < p.n_reconstruction_batches:
-                    acts = model_passes(model, batch, tail, hook, special_mask(batch, ignore), sink, keep_logits)
-                else:
-                    _, cache = model.run_with_cache(batch, prepend_bos=False, names_filter=[hook], stop_at_layer=env.model_spec.layer + 1)
-                    acts = cache[hook]
-                sink.append(ACTS, acts)
-                bar.advance(1)
+    batches = max(p.n_reconstruction_batches, p.n_sparsity_batches)
+    with env.reporter.bar("core prep", total=batches, unit="batch") as bar, torch.no_grad():
+        for i, batch in enumerate(tokens.to(device).split(p.batch_size_prompts)):
+            if i < p.n_reconstruction_batches:
+                acts = model_passes(model, batch, tail, hook, special_mask(batch, ignore), sink, keep_logits)
+            else:
+                _, cache = model.run_with_cache(batch, prepend_bos=False, names_filter=[hook], stop_at_layer=env.model_spec.layer + 1)
+                acts = cache[hook]
+            sink.append(ACTS, acts)
+            bar.advance(1)
     return {
         "contexts": len(tokens),
         "dataset": f"{env.data.source}:{env.data.name} (held-out: every {env.data.holdout_every}th document)",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -49,7 +50,7 @@ class Tail:
         """The tail's input is the SAE hook's activations themselves (no separate residual to cache)."""
         return self.start_hook == self.splice_hook
 
-    def run(self, model, start: Tensor, tokens: Tensor, replace: Replace | None = None) -> tuple[Tensor, Tensor]:  # noqa: ANN001 - HookedTransformer
+    def run(self, model: Any, start: Tensor, tokens: Tensor, replace: Replace | None = None) -> tuple[Tensor, Tensor]:
         """(logits, per-token CE) of the full model on ``tokens``, computed from ``start`` (the activations
         at ``start_hook``), with ``replace`` applied at the splice hook. The attention mask and
         positional extras are what the full forward derives from the tokens."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
-from datetime import datetime
 from importlib.metadata import version
 from typing import Any
 
@@ -21,9 +19,10 @@ from sae_bench.evals.sparse_probing_sae_probes.eval_output import (
     SparseProbingSaeProbesEvalOutput,
 )
 
+from evals.common import saebench_output
 from evals.contract import EvalEnv, Prepared
 from evals.sae_probes.config import SaeProbesConfig
-from evals.sae_probes.prepare import METRICS, _quiet_fit
+from evals.sae_probes.prepare import METRICS, quiet_fit
 
 
 @torch.no_grad()
@@ -46,7 +45,7 @@ def probe_sae(
         xtr, xte = x_train[:, top], x_test[:, top]
         if p.binarize:
             xtr, xte = xtr != 0, xte != 0
-        res = _quiet_fit(find_best_reg, xtr, y_train, xte, y_test, n_jobs=-1, parallel=False, penalty=p.reg_type, seed=p.seed)
+        res = quiet_fit(find_best_reg, xtr, y_train, xte, y_test, n_jobs=-1, parallel=False, penalty=p.reg_type, seed=p.seed)
         out[k] = {**{m: float(getattr(res.metrics, v)) for m, v in METRICS.items()}, "indices": top.tolist()}
     return out
 
@@ -80,10 +79,11 @@ def evaluate(
         setting="normal", ks=list(p.ks), binarize=p.binarize, results_path="(not used: results are this JSON)",
         model_cache_path=None, include_llm_baseline=True, baseline_method="logreg",
     )  # fmt: skip
-    output = SparseProbingSaeProbesEvalOutput(
-        eval_config=config,
-        eval_id=str(uuid.uuid4()),
-        datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
+    output = saebench_output(
+        SparseProbingSaeProbesEvalOutput,
+        config,
+        sae,
+        env,
         eval_result_metrics=SaeProbesMetricCategories(llm=SaeProbesLlmMetrics(**llm_metrics), sae=SaeProbesSaeMetrics(**sae_metrics)),
         eval_result_details=details,
         sae_metrics_by_k={k: {m: sae_metrics[f"sae_top_{k}_{m}"] for m in METRICS} for k in p.ks},
@@ -93,11 +93,6 @@ def evaluate(
             "max_seq_len": p.max_seq_len,
             "selected_latents": {n: {k: r["indices"] for k, r in res.items()} for n, res in per_dataset.items()},
         },
-        sae_bench_commit_hash=f"sae-bench=={version('sae-bench')}",
-        sae_lens_id=env.label,
-        sae_lens_release_id=env.run_name,
-        sae_lens_version=version("sae-lens"),
-        sae_cfg_dict=sae.cfg.to_dict(),
     )
     summary = {"llm_test_accuracy": round(llm_metrics["llm_test_accuracy"], 4)}
     summary |= {f"sae_top_{k}_test_accuracy": round(sae_metrics[f"sae_top_{k}_test_accuracy"], 4) for k in p.ks}

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import io
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
+from evals.common import silenced
 from evals.contract import EvalEnv, TensorSink
 from evals.sae_probes.config import SaeProbesConfig
 from evals.sparse_probing.data import check_dataset_names
@@ -62,13 +61,13 @@ def tokenizer_sides(tokenizer: Any) -> Any:
 def last_token_activations(model: Any, texts: list[str], hook: str, p: SaeProbesConfig, device: str) -> torch.Tensor:
     from sae_probes.generate_model_activations import _process_activations
 
-    with tokenizer_sides(model.tokenizer), contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
+    with tokenizer_sides(model.tokenizer), silenced(stdout=False, categories=()):  # its tqdm bar
         return _process_activations(model, texts, p.batch_size, p.max_seq_len, [hook], None, device)[hook]
 
 
-def _quiet_fit(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # sklearn's convergence and deprecation warnings
+def quiet_fit(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn`` with sklearn's convergence and deprecation warnings swallowed."""
+    with silenced(stdout=False, stderr=False):
         return fn(*args, **kwargs)
 
 
@@ -87,7 +86,7 @@ def prepare(env: EvalEnv, p: SaeProbesConfig, sink: TensorSink) -> dict[str, Any
             for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
                 sink.put(f"{name}/{split}/acts", x)
                 sink.put(f"{name}/{split}/labels", torch.as_tensor(y))
-            baseline = _quiet_fit(find_best_reg, x_train, y_train, x_test, y_test, seed=p.seed)
+            baseline = quiet_fit(find_best_reg, x_train, y_train, x_test, y_test, seed=p.seed)
             meta[name] = {"llm": {k: getattr(baseline.metrics, v) for k, v in METRICS.items()},
                           "num_train": len(y_train), "num_test": len(y_test)}  # fmt: skip
             bar.advance(1, extra=f"{name}: model probe acc {baseline.metrics.test_acc:.3f}")

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
-from datetime import datetime
-from importlib.metadata import version
 from typing import Any
 
 import torch
@@ -19,6 +16,7 @@ from sae_bench.evals.sparse_probing.eval_output import (
 )
 from sae_bench.sae_bench_utils import activation_collection, general_utils
 
+from evals.common import saebench_output
 from evals.contract import EvalEnv, Prepared
 from evals.sparse_probing.config import SparseProbingConfig
 from evals.sparse_probing.data import MAX_ROWS, data_source
@@ -87,10 +85,11 @@ def evaluate(
         k_values=list(p.k_values),
         lower_vram_usage=False,
     )
-    output = SparseProbingEvalOutput(
-        eval_config=eval_cfg,
-        eval_id=str(uuid.uuid4()),
-        datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
+    output = saebench_output(
+        SparseProbingEvalOutput,
+        eval_cfg,
+        sae,
+        env,
         eval_result_metrics=SparseProbingMetricCategories(
             llm=SparseProbingLlmMetrics(**{k: v for k, v in averaged.items() if k.startswith("llm_")}),
             sae=SparseProbingSaeMetrics(**{k: v for k, v in averaged.items() if k.startswith("sae_")}),
@@ -104,11 +103,6 @@ def evaluate(
             "per_class_results": per_class_results,
             "per_dataset_extras": extras,
         },
-        sae_bench_commit_hash=f"sae-bench=={version('sae-bench')}",
-        sae_lens_id=env.label,
-        sae_lens_release_id=env.run_name,
-        sae_lens_version=sae.cfg.metadata.sae_lens_version or version("sae-lens"),
-        sae_cfg_dict=sae.cfg.to_dict(),
     )
     summary: dict[str, Any] = {"datasets": len(p.datasets)}
     for key in ("llm_test_accuracy", "sae_test_accuracy"):

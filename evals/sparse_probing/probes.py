@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from typing import Any
 
 import torch
@@ -99,9 +96,7 @@ def top_k_latents(acts_BD: torch.Tensor, labels_B: torch.Tensor, k: int) -> list
 def _quiet(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """sae-bench's probe trainers print every epoch / accuracy, and sklearn warns about its own
     deprecations and convergence; keep the progress display readable."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=UserWarning)
-        warnings.simplefilter("ignore", category=FutureWarning)
+    with silenced(stderr=False, categories=(UserWarning, FutureWarning)):
         return fn(*args, **kwargs)
 
 

@@ -104,7 +104,8 @@ def evaluate(prepared: Prepared, sae_folder: Path, env: EvalEnv, p: SyntheticCon
     """``p.loo_tau`` None: the SAE's own inference ("plain"); a number: leave-one-out pruning ("loo")."""
     spec = env.synthetic
     sae, loader = load_sae_for_eval(sae_folder, p.loo_tau, device())
-    result = score(sae, env.synthetic_model(), spec.eval_samples, derive_seed(spec.seed, "eval"))
+    model = env.synthetic_model()
+    result = score(sae, model, spec.eval_samples, derive_seed(spec.seed, "eval"))
     metrics = flat_metrics(result)
     variant = "plain" if p.loo_tau is None else "loo"
     output = SyntheticEvalOutput(
@@ -115,7 +116,7 @@ def evaluate(prepared: Prepared, sae_folder: Path, env: EvalEnv, p: SyntheticCon
         sae_loader=loader,
         sae_id=env.label,
         d_sae=int(sae.W_dec.shape[0]),
-        num_features=spec.num_features,
+        num_features=model.cfg.num_features,
         sae_lens_result=result,
     )
     return output, {"variant": variant, **metrics}

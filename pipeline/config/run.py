@@ -18,7 +18,7 @@ from pipeline.config.facts import SHIPPED_CORPORA
 from pipeline.config.model import ModelSpec
 from pipeline.config.recipe import RecipeSpec
 from pipeline.config.slurm import ExecutorSpec
-from pipeline.config.synthetic import SyntheticSpec
+from pipeline.config.synthetic import SyntheticSpec, SyntheticSuite
 
 
 class DataSpec(Strict):
@@ -111,6 +111,8 @@ class PipelineConfig(Strict):
     model: ModelSpec | None = None
     data: DataSpec | None = None
     synthetic: SyntheticSpec | None = None
+    synthetic_suite: SyntheticSuite | None = None
+    """Several synthetic models, each with its own model -> activations -> train -> eval chain."""
     activations: ActivationsSpec
     saes: list[SAESpec] = Field(min_length=1)
     evals: EvalsSpec = EvalsSpec()
@@ -127,7 +129,9 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> PipelineConfig:
-        if self.synthetic is None:
+        if self.synthetic is not None and self.synthetic_suite is not None:
+            raise ValueError("synthetic_suite: give `synthetic` (one model) or `synthetic_suite` (several), not both")
+        if not self.is_synthetic:
             missing = [f for f in ("model", "data") if getattr(self, f) is None]
             if missing:
                 raise ValueError("; ".join(f"{f}: required field is missing (or give `synthetic:` instead)" for f in missing))
@@ -137,7 +141,13 @@ class PipelineConfig(Strict):
 
     @property
     def is_synthetic(self) -> bool:
-        return self.synthetic is not None
+        return self.synthetic is not None or self.synthetic_suite is not None
+
+    def shapes(self) -> dict[str, SyntheticSpec]:
+        """The synthetic models of the run by shape name ("" for a lone `synthetic:`); empty without one."""
+        if self.synthetic_suite is not None:
+            return dict(self.synthetic_suite.shapes)
+        return {"": self.synthetic} if self.synthetic is not None else {}
 
     @field_validator("saes")
     @classmethod

@@ -7,7 +7,7 @@ SynthSAEBench-16k settings are in `configs/synth16k.yaml` (and `SyntheticSpec.pu
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,10 +37,14 @@ class HierarchySpec(_Strict):
     """A forest of feature trees: a child can only fire when its parent fires."""
 
     n_roots: PositiveInt = 16
-    branching: Annotated[int, Field(ge=2)] = 4
+    branching: Annotated[int, Field(ge=2)] | tuple[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=2)]] = 4
+    """Children per parent, or [min, max] for a random count per parent. sae-lens fills the trees
+    breadth-first until the features run out, so a forest larger than `num_features` is fine."""
     depth: PositiveInt = 2
     mutually_exclusive: float = Field(1.0, ge=0.0, le=1.0)
     """Fraction of parents whose children are mutually exclusive (1.0 = all, the published setting)."""
+    mutually_exclusive_min_depth: Annotated[int, Field(ge=0)] = 0
+    mutually_exclusive_max_depth: Annotated[int, Field(ge=0)] | None = None
     scale_children_by_parent: bool = True
     """Children's magnitudes are scaled by parent_activation / parent_mean instead of binary gating."""
     compensate_probabilities: bool = False
@@ -70,8 +74,18 @@ class MagnitudeSpec(_Strict):
     std_std: float = Field(0.5, gt=0.0)
 
 
+MODEL_KEYS = ("num_features", "hidden_dim", "firing", "hierarchy", "correlation", "orthogonalization", "magnitudes", "bias")
+"""The keys that describe the model itself; `sae_lens` and `saved` replace all of them."""
+
+
 class SyntheticSpec(_Strict):
-    """The ground-truth model: features, how they fire and how they are embedded."""
+    """The ground-truth model: features, how they fire and how they are embedded.
+
+    Three ways to name it: the keys below (a SynthSAEBench-style model); `sae_lens:` with any
+    `SyntheticModelConfig` sae-lens accepts, as its `to_dict()` writes it (so every firing, magnitude and
+    hierarchy option sae-lens has is available); or `saved:` with a folder `SyntheticModel.save` wrote
+    (an existing benchmark model, used as is). sae-lens validates the model where it is built
+    (`pipeline.synthetic.model`); this class only checks shapes, so it stays torch-free."""
 
     num_features: PositiveInt = 2048
     hidden_dim: PositiveInt = 128
@@ -82,22 +96,34 @@ class SyntheticSpec(_Strict):
     magnitudes: MagnitudeSpec = MagnitudeSpec()
     bias: float = Field(1.0, ge=0.0)
     """Norm of the constant offset added to every hidden vector (0 = none); sae-lens's default is 1."""
+    sae_lens: dict[str, Any] | None = None
+    """A sae-lens `SyntheticModelConfig.to_dict()` (the `synthetic_model_config.json` of a saved model).
+    Its `seed`, when absent or null, is `seed` below (a model must be reproducible)."""
+    saved: str | None = None
+    """A folder written by `SyntheticModel.save`; the model is copied into the artifact, keyed by its content."""
     seed: int = 42
+    """Seeds the model's construction (keys form) and every sample stream (all forms)."""
     eval_samples: PositiveInt = 50_000
     """Fresh samples (never in the training shards) the `eval_synthetic` stage scores each SAE on."""
-    probe_samples: PositiveInt = 40_000
-    """Fresh samples for the supervised probe baseline (80% train, 20% test)."""
+    probe_samples: PositiveInt | None = None
+    """Fresh samples for the supervised probe baseline (80% train, 20% test). None: chosen per model so
+    the rarest feature has about 100 training positives (`evals.synthetic.prepare.probe_sample_count`)."""
+    probe_max_samples: PositiveInt = 2_000_000
+    """Upper bound on the automatic probe sample count (memory: samples x features bytes); the probe
+    baseline reports how many features got fewer than 100 positives when it binds."""
 
     @model_validator(mode="after")
-    def _hierarchy_fits(self) -> SyntheticSpec:
-        h = self.hierarchy
-        if h is not None:
-            per_tree = sum(h.branching**d for d in range(h.depth + 1))
-            if h.n_roots * per_tree > self.num_features:
-                raise ValueError(
-                    f"hierarchy needs {h.n_roots} x {per_tree} = {h.n_roots * per_tree} features "
-                    f"but num_features is {self.num_features}; lower n_roots/branching/depth"
-                )
+    def _one_form(self) -> SyntheticSpec:
+        forms = [f for f in ("sae_lens", "saved") if getattr(self, f) is not None]
+        if len(forms) > 1:
+            raise ValueError("give either `sae_lens` or `saved`, not both")
+        clash = [k for k in MODEL_KEYS if getattr(self, k) != type(self).model_fields[k].default]
+        if forms and clash:
+            raise ValueError(f"`{forms[0]}` describes the whole model; remove {', '.join(clash)}")
+        if self.sae_lens is not None:
+            for key in ("num_features", "hidden_dim"):
+                if not isinstance(self.sae_lens.get(key), int) or self.sae_lens[key] < 1:
+                    raise ValueError(f"sae_lens.{key}: a positive integer is required (got {self.sae_lens.get(key)!r})")
         return self
 
     @classmethod
@@ -113,3 +139,33 @@ class SyntheticSpec(_Strict):
             magnitudes=MagnitudeSpec(mean_start=5.0, mean_end=4.0, std_mean=0.5, std_std=0.5),
             seed=42,
         )
+
+
+SHAPE_NAME = r"^[A-Za-z0-9_]+$"
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` laid onto `base`, nested sections key by key (a section set to null removes it)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class SyntheticSuite(_Strict):
+    """Several synthetic models ("shapes") the same recipes run on, so a comparison is not one model's
+    accident. Each shape is `base` with its own keys laid over it (nested sections merge key by key)."""
+
+    base: dict[str, Any] = {}
+    """Keys every shape shares (any `synthetic:` key)."""
+    shapes: dict[Annotated[str, Field(pattern=SHAPE_NAME)], SyntheticSpec] = Field(min_length=1)
+    """Shape name (used in stage labels, e.g. `train:batchtopk-s0@deep`) -> what differs from `base`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lay_over_base(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("shapes"), dict):
+            base = data.get("base") or {}
+            shapes = {n: _merged(base, s) if isinstance(s, dict) else s for n, s in data["shapes"].items()}
+            data = {**data, "shapes": shapes}
+        return data

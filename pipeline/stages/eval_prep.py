@@ -22,6 +22,7 @@ from pipeline.fsutil import atomic_write_json
 from pipeline.kinds import StageKind
 from pipeline.stages.context import StageContext
 from pipeline.synthetic.model import load_model
+from pipeline.synthetic.stages import spec_of
 
 TENSORS = "tensors"
 META = "meta.json"
@@ -47,7 +48,7 @@ def env_for(ctx: StageContext, label: str = "") -> EvalEnv:
         label,
         cfg.name,
         data=cfg.data,
-        synthetic=cfg.synthetic,
+        synthetic=spec_of(ctx.stage) if synth is not None else None,
         synthetic_loader=None if synth is None else (lambda: load_model(synth)),
     )
 

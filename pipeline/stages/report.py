@@ -9,16 +9,14 @@ best one on each metric by Welch's t-test over seeds: a value marked ``≈`` is 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from typing import Any
-
-from scipy import stats
 
 from pipeline.fsutil import atomic_write_json
 from pipeline import disk
 from pipeline.kinds import StageKind
-from pipeline.stages import report_html
+from pipeline.stages import report_html, report_suite
+from pipeline.stages.report_stats import interval95, within_noise
 from pipeline.stages.context import StageContext
 
 Metrics = dict[str, float]
@@ -66,29 +64,30 @@ def collect(ctx: StageContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             run_level["data_sources"][inp.kind] = source
     rows = []
     for (sae_id, variant), metrics in evals.items():
-        name, seed = sae_id.rsplit("-s", 1)
-        rows.append({"sae": name + (f"+{variant}" if variant else ""), "seed": int(seed), **trains[sae_id], **metrics})
+        rows.append({**row_names(sae_id, variant), **trains[sae_id], **metrics})
     for sae_id, facts in trains.items():  # SAEs with no eval still get their training row
         if not any(sae_id == k[0] for k in evals):
-            name, seed = sae_id.rsplit("-s", 1)
-            rows.append({"sae": name, "seed": int(seed), **facts})
-    return sorted(rows, key=lambda r: (r["sae"], r["seed"])), run_level
+            rows.append({**row_names(sae_id, ""), **facts})
+    return sorted(rows, key=lambda r: (r.get("shape", ""), r["sae"], r["seed"])), run_level
+
+
+def row_names(sae_id: str, variant: str) -> dict[str, Any]:
+    """`batchtopk-s0` -> sae batchtopk, seed 0; a suite's `batchtopk-s0@deep` + variant loo -> sae
+    `batchtopk+loo@deep` (so no table merges shapes), spec `batchtopk+loo`, shape `deep`."""
+    name_seed, _, shape = sae_id.partition("@")
+    name, seed = name_seed.rsplit("-s", 1)
+    spec = name + (f"+{variant}" if variant else "")
+    if not shape:
+        return {"sae": spec, "seed": int(seed)}
+    return {"sae": f"{spec}@{shape}", "spec": spec, "shape": shape, "seed": int(seed)}
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
-    facts = {"sae", "seed", "trainer", "d_sae", "k", "train_tokens"}
+    facts = {"sae", "spec", "shape", "seed", "trainer", "d_sae", "k", "train_tokens"}
     cols: list[str] = []
     for r in rows:
         cols += [c for c in r if c not in facts and c not in cols]
     return cols
-
-
-def interval95(values: list[float]) -> tuple[float, float]:
-    """Half-width of the 95% t interval of the mean, and the std (0 for a single seed)."""
-    if len(values) < 2:
-        return 0.0, 0.0
-    std = statistics.stdev(values)
-    return float(stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))), std
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -97,21 +96,13 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name in sorted({r["sae"] for r in rows}):
         group = [r for r in rows if r["sae"] == name]
         agg: dict[str, Any] = {"sae": name, "n_seeds": len(group), "seeds": [r["seed"] for r in group]}
+        agg |= {k: group[0][k] for k in ("spec", "shape") if k in group[0]}
         for col in metric_columns(group):
             values = [float(r[col]) for r in group if col in r]
             half, std = interval95(values)
             agg[col] = {"mean": statistics.fmean(values), "std": std, "ci95": half, "values": values}
         out.append(agg)
     return out
-
-
-def within_noise(a: list[float], b: list[float]) -> bool:
-    """True when seeds cannot tell the two apart (Welch's t-test p ≥ 0.05, or < 2 seeds on a side)."""
-    if len(a) < 2 or len(b) < 2:
-        return True
-    if statistics.stdev(a) == 0 and statistics.stdev(b) == 0:
-        return statistics.fmean(a) == statistics.fmean(b)
-    return bool(stats.ttest_ind(a, b, equal_var=False).pvalue >= 0.05)
 
 
 def best_by_metric(agg: list[dict[str, Any]], cols: list[str], better: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -156,11 +147,12 @@ def seed_cell(a: dict[str, Any], col: str, best: dict[str, dict[str, Any]]) -> s
 def scoreboard(agg: list[dict[str, Any]], groups: list[tuple[str, list[str]]], better: dict[str, Any]) -> list[dict[str, Any]]:
     """Per scored metric: the best spec, the specs the seeds cannot tell from it, and those at another L0."""
     board = []
-    for _, cols in groups:
-        for col, top in best_by_metric(agg, cols, better).items():
-            others = [a for a in agg if col in a and a is not top]
+    for (shape, shape_agg), (_, cols) in ((s, g) for s in report_suite.by_shape(agg).items() for g in groups):
+        for col, top in best_by_metric(shape_agg, cols, better).items():
+            others = [a for a in shape_agg if col in a and a is not top]
             board.append({
                 "metric": col,
+                **({"shape": shape} if shape else {}),
                 "better": better[col],
                 "best": top["sae"],
                 "indistinguishable": [a["sae"] for a in others if within_noise(a[col]["values"], top[col]["values"])],
@@ -191,16 +183,18 @@ def markdown(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], ru
     lines += ["", "## Scoreboard", "", "Best spec per metric; ≈ lists the specs the seeds cannot tell from it (Welch, p ≥ 0.05);",
               f"† lists the specs whose mean L0 differs from the best's by more than {L0_TOLERANCE:.0%} (not a matched-L0 comparison).", "",
               "| metric | better | best | ≈ best | † L0 not matched |", "|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {b['metric']} | {b['better']} | {b['best']} | {', '.join(b['indistinguishable'])} | {', '.join(b['l0_not_matched'])} |"
+    lines += [f"| {report_suite.metric_at(b)} | {b['better']} | {b['best']} | {', '.join(b['indistinguishable'])} | {', '.join(b['l0_not_matched'])} |"
               for b in run_level["scoreboard"]]  # fmt: skip
+    if "suite" in run_level:
+        lines += ["", *report_suite.markdown(run_level["suite"])]
     for kind, cols in groups:
-        best = best_by_metric(agg, cols, run_level["better"])
+        bests = {shape: best_by_metric(sub, cols, run_level["better"]) for shape, sub in report_suite.by_shape(agg).items()}
         lines += ["", f"## {titles.get(kind, kind)}", ""]
         if source := run_level.get("data_sources", {}).get(kind):
             lines += [f"Data: {source}", ""]
         lines += ["Mean ± 95% interval over seeds (a single seed shows its value: no spread to estimate):", ""]
         lines += ["| sae | seeds | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
-        lines += [f"| {a['sae']} | {a['n_seeds']} | " + " | ".join(seed_cell(a, c, best) for c in cols) + " |" for a in agg]
+        lines += [f"| {a['sae']} | {a['n_seeds']} | " + " | ".join(seed_cell(a, c, bests[a.get("shape", "")]) for c in cols) + " |" for a in agg]
         lines += ["", "Per seed:", "", "| sae | seed | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
         lines += [f"| {r['sae']} | {r['seed']} | " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines + ["", "## Notes", "", notes(metric_columns(rows), run_level)]) + "\n"
@@ -257,6 +251,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     titles = {name: k.reported.title for name, k in ctx.kinds.items() if k.reported is not None}
     groups = groups_of(rows, run_level, list(ctx.kinds))
     run_level["scoreboard"] = scoreboard(agg, groups, run_level["better"])
+    if any("shape" in r for r in rows):
+        run_level["suite"] = report_suite.summarise(agg, run_level)
     (ctx.out / "report.md").write_text(markdown(run_name, rows, agg, run_level, groups, titles))
     cols = metric_columns(rows)
     page = report_html.render(run_name, rows, agg, groups, titles, run_level, notes(cols, run_level))

@@ -126,7 +126,7 @@ def render(
     """Plots first (what a reader scans), then one section per eval: mean ± 95% CI over seeds, per seed."""
     facts = ["sae", "seed", "trainer", "d_sae", "k", "train_tokens"]
     sections = [f"<h2>SAEs</h2>{_table(facts, [[_cell(r.get(c, '')) for c in facts] for r in rows])}"]
-    board = [[html.escape(b["metric"]), str(b["better"]), f"<b>{html.escape(b['best'])}</b>",
+    board = [[html.escape(b["metric"] + (f"@{b['shape']}" if "shape" in b else "")), str(b["better"]), f"<b>{html.escape(b['best'])}</b>",
               html.escape(", ".join(b["indistinguishable"])), html.escape(", ".join(b["l0_not_matched"]))]
              for b in run_level.get("scoreboard", [])]  # fmt: skip
     scoreboard = (

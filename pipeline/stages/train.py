@@ -19,23 +19,35 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from typing import Any
 
 import torch
 
-from pipeline.data.shards import SHARD_DIR, ShardIndex
-from pipeline.config.recipe import RecipeSpec
 from pipeline import disk
+from pipeline.config.recipe import RecipeSpec
+from pipeline.data.shards import SHARD_DIR, ShardIndex
 from pipeline.kinds import StageKind
 from pipeline.progress import Reporter
 from pipeline.recipes.collective import all_sum
 from pipeline.stages.context import StageContext
-from pipeline.training.checkpoint import latest_checkpoint, load_checkpoint, read_info, save_checkpoint
-from pipeline.training.distributed import Ranks, any_rank, barrier, data_parallel, synced_step
+from pipeline.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_info,
+    save_checkpoint,
+)
+from pipeline.training.distributed import (
+    Ranks,
+    any_rank,
+    barrier,
+    data_parallel,
+    synced_step,
+)
 from pipeline.training.metrics import MetricLog
 from pipeline.training.ops_choice import resolve_ops
 from pipeline.training.preemption import Preempted, stop_on_sigterm
-from pipeline.training.stream import ShardStream
+from pipeline.training.stream import ShardStream, as_tensor
 from pipeline.training.trainables import build_trainable
 
 SAE_DIR = "sae"
@@ -106,9 +118,8 @@ def train(ctx: StageContext, ranks: Ranks) -> dict[str, Any]:
         reporter.log(f"train {ctx.stage.label}: resuming from {ckpt.name} (step {step}/{n_steps})")
     forward = synced_step(trainable, device)  # gradients averaged over ranks (a no-op in one process)
 
-    pinned = device.type == "cuda"
-    window_as = lambda a: torch.from_numpy(a).float().pin_memory() if pinned else torch.from_numpy(a).float()  # noqa: E731
-    stream = ShardStream(acts_dir / SHARD_DIR, index, seed=p["seed"], window=p["shuffle_shards"]).batches(step * batch, batch, window_as)
+    shards = ShardStream(acts_dir / SHARD_DIR, index, seed=p["seed"], window=p["shuffle_shards"])
+    stream = shards.batches(step * batch, batch, window_as=partial(as_tensor, pin=device.type == "cuda"))  # read ahead
     started = time.perf_counter()
     sae.train()
 

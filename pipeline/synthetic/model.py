@@ -10,23 +10,18 @@ Samples are reproducible per device type (CPU and CUDA RNGs differ).
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
-from sae_lens.synthetic import (
-    FoldedNormalMagnitudeConfig,
-    HierarchyConfig,
-    LinearMagnitudeConfig,
-    LowRankCorrelationConfig,
-    OrthogonalizationConfig,
-    SyntheticModel,
-    SyntheticModelConfig,
-    ZipfianFiringProbabilityConfig,
-)
+from sae_lens.synthetic import SyntheticModel, SyntheticModelConfig, ZipfianFiringProbabilityConfig
+from sae_lens.synthetic.synthetic_model import SYNTHETIC_MODEL_CONFIG_FILENAME
 
 from pipeline.config.synthetic import SyntheticSpec
 
@@ -36,35 +31,67 @@ MAX_CHUNK_ELEMENTS = 1 << 24
 """Largest dense (rows x num_features) feature matrix drawn at once (64 MiB of float32)."""
 
 
+def _keys_form(spec: SyntheticSpec) -> dict[str, Any]:
+    """The keys form as the `SyntheticModelConfig.to_dict()` it describes (sae-lens's own field names)."""
+    h, c, o, m = spec.hierarchy, spec.correlation, spec.orthogonalization, spec.magnitudes
+    return {
+        "num_features": spec.num_features,
+        "hidden_dim": spec.hidden_dim,
+        "firing_probability": {"generator_name": "zipfian", **spec.firing.model_dump()},
+        "hierarchy": None if h is None else {
+            "total_root_nodes": h.n_roots,
+            "branching_factor": list(h.branching) if isinstance(h.branching, tuple) else h.branching,
+            "max_depth": h.depth,
+            "mutually_exclusive_portion": h.mutually_exclusive,
+            "mutually_exclusive_min_depth": h.mutually_exclusive_min_depth,
+            "mutually_exclusive_max_depth": h.mutually_exclusive_max_depth,
+            "compensate_probabilities": h.compensate_probabilities,
+            "scale_children_by_parent": h.scale_children_by_parent,
+        },
+        "orthogonalization": None if o is None else {"num_steps": o.steps, "lr": o.lr},
+        "correlation": None if c is None else {"rank": c.rank, "correlation_scale": c.scale, "seed": None},
+        "mean_firing_magnitudes": {"generator_name": "linear", "start": m.mean_start, "end": m.mean_end},
+        "std_firing_magnitudes": {"generator_name": "folded_normal", "mean": m.std_mean, "std": m.std_std},
+        "bias": spec.bias if spec.bias > 0 else False,
+        "dtype": "float32",
+        "seed": spec.seed,
+    }  # fmt: skip
+
+
 def model_config(spec: SyntheticSpec) -> SyntheticModelConfig:
-    """The sae-lens config a spec describes."""
-    h = spec.hierarchy
-    hierarchy = None
-    if h is not None:
-        hierarchy = HierarchyConfig(
-            total_root_nodes=h.n_roots,
-            branching_factor=h.branching,
-            max_depth=h.depth,
-            mutually_exclusive_portion=h.mutually_exclusive,
-            compensate_probabilities=h.compensate_probabilities,
-            scale_children_by_parent=h.scale_children_by_parent,
-        )
-    c, o, m = spec.correlation, spec.orthogonalization, spec.magnitudes
-    return SyntheticModelConfig(
-        num_features=spec.num_features,
-        hidden_dim=spec.hidden_dim,
-        firing_probability=ZipfianFiringProbabilityConfig(
-            exponent=spec.firing.exponent, max_prob=spec.firing.max_prob, min_prob=spec.firing.min_prob
-        ),
-        hierarchy=hierarchy,
-        orthogonalization=None if o is None else OrthogonalizationConfig(num_steps=o.steps, lr=o.lr),
-        correlation=None if c is None else LowRankCorrelationConfig(rank=c.rank, correlation_scale=c.scale, seed=None),
-        mean_firing_magnitudes=LinearMagnitudeConfig(start=m.mean_start, end=m.mean_end),
-        std_firing_magnitudes=FoldedNormalMagnitudeConfig(mean=m.std_mean, std=m.std_std),
-        bias=spec.bias if spec.bias > 0 else False,
-        dtype="float32",
-        seed=spec.seed,
-    )
+    """The sae-lens config a spec describes, validated by sae-lens's own classes: a value they refuse is
+    a one-line `ValueError` naming the field (`synthetic.sae_lens.hierarchy: ...`)."""
+    if spec.saved is not None:
+        return saved_config(Path(spec.saved))
+    prefix, d = ("synthetic.sae_lens", dict(spec.sae_lens)) if spec.sae_lens is not None else ("synthetic", _keys_form(spec))
+    if d.get("seed") is None:
+        d["seed"] = spec.seed  # an unseeded model would differ on every build
+    unknown = sorted(set(d) - set(SyntheticModelConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{prefix}.{unknown[0]}: not a SyntheticModelConfig field (sae-lens's fields: {', '.join(SyntheticModelConfig.__dataclass_fields__)})")
+    d.setdefault("firing_probability", ZipfianFiringProbabilityConfig().to_dict())
+    plain = {"num_features": 1, "hidden_dim": 1, "firing_probability": ZipfianFiringProbabilityConfig().to_dict()}
+    for name in d:  # each field alone beside valid others, so the error names the field it is about
+        try:
+            SyntheticModelConfig.from_dict(copy.deepcopy({**plain, name: d[name]}))
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise ValueError(f"{prefix}.{name}: {_one_line(e)}") from None
+    try:
+        return SyntheticModelConfig.from_dict(copy.deepcopy(d))
+    except (TypeError, ValueError, KeyError, AttributeError) as e:  # fields fine alone, not together
+        raise ValueError(f"{prefix}: {_one_line(e)}") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def saved_config(folder: Path) -> SyntheticModelConfig:
+    """The config of a model `SyntheticModel.save` wrote into `folder`."""
+    path = folder / SYNTHETIC_MODEL_CONFIG_FILENAME
+    if not path.is_file():
+        raise ValueError(f"synthetic.saved: {folder} holds no {SYNTHETIC_MODEL_CONFIG_FILENAME} (not a saved SyntheticModel)")
+    return SyntheticModelConfig.from_dict(json.loads(path.read_text()))
 
 
 def device() -> str:
@@ -74,6 +101,10 @@ def device() -> str:
 
 
 def build_model(spec: SyntheticSpec, on: str | None = None) -> SyntheticModel:
+    """The model a spec names: built by sae-lens, or (`saved`) loaded as it was saved."""
+    if spec.saved is not None:
+        saved_config(Path(spec.saved))
+        return SyntheticModel.load_from_disk(spec.saved, device=on or device())
     return SyntheticModel(model_config(spec), device=on or device())
 
 

@@ -1,7 +1,8 @@
 """Stages `synthetic_model` and `activations` (synthetic flavour).
 
-`synthetic_model` (no inputs) builds the ground-truth model from `cfg.synthetic` and saves it with
-sae-lens's `SyntheticModel.save` into `<artifact>/model/` (the published 16k model takes ~26 min to
+`synthetic_model` (no inputs) builds the ground-truth model its params name (one shape of the run:
+`spec_of`; a `saved` model is loaded instead) and saves it with sae-lens's `SyntheticModel.save` into
+`<artifact>/model/` (the published 16k model takes ~26 min to
 orthogonalise on CPU, so it is built once and shared by everything downstream).
 
 `activations` (input "synthetic_model") samples `cfg.activations.n_tokens` hidden vectors and writes
@@ -27,6 +28,7 @@ import numpy as np
 from pipeline.data.shards import write_shard
 from pipeline.data.shard_progress import finished_shards, publish_shards, record_finished
 from pipeline import disk
+from pipeline.dag import Stage
 from pipeline.kinds import StageKind
 from pipeline.stages.context import StageContext
 from pipeline.synthetic.model import MODEL_DIR, build_model, derive_seed, load_model, sample, sample_chunks
@@ -37,17 +39,17 @@ HOOK = "synthetic"
 SUMMARY_SAMPLES = 8192
 
 
-def _spec(ctx: StageContext) -> SyntheticSpec:
-    spec = getattr(ctx.cfg, "synthetic", None)
-    if spec is None:
-        raise ValueError(f"{ctx.stage.label}: the config has no `synthetic:` section")
-    return spec
+def spec_of(stage: Stage) -> SyntheticSpec:
+    """The spec of the shape a stage belongs to: its own params (`synthetic_model`), else its model input's.
+    Read from the plan, not the run's config, so each shape of a suite gets its own."""
+    model_stage = stage if stage.kind == MODEL_KIND.name else stage.inputs["synthetic_model"]
+    return SyntheticSpec.model_validate(model_stage.params["synthetic"])
 
 
 def run_model(ctx: StageContext) -> dict[str, Any]:
-    spec = _spec(ctx)
+    spec = spec_of(ctx.stage)
     started = time.perf_counter()
-    ctx.reporter.log(f"synthetic_model: building {spec.num_features} features in {spec.hidden_dim} dims")
+    ctx.reporter.log(f"{ctx.stage.label}: building the synthetic model")
     model = build_model(spec)
     built = time.perf_counter() - started
     model.save(ctx.out / MODEL_DIR)
@@ -55,8 +57,8 @@ def run_model(ctx: StageContext) -> dict[str, Any]:
     assert feats is not None
     probs = model.activation_generator.firing_probabilities
     return {
-        "num_features": spec.num_features,
-        "hidden_dim": spec.hidden_dim,
+        "num_features": model.cfg.num_features,
+        "hidden_dim": model.cfg.hidden_dim,
         "true_l0_estimate": float((feats > 0).sum(1).float().mean()),
         "expected_l0_without_hierarchy": float(probs.sum()),
         "build_seconds": round(built, 2),
@@ -64,9 +66,9 @@ def run_model(ctx: StageContext) -> dict[str, Any]:
 
 
 def run_activations(ctx: StageContext) -> dict[str, Any]:
-    spec, acts = _spec(ctx), ctx.cfg.activations
+    spec, acts = spec_of(ctx.stage), ctx.cfg.activations
     model = load_model(ctx.input_dir("synthetic_model"))
-    d_in = spec.hidden_dim
+    d_in = model.cfg.hidden_dim
     n_rows = acts.n_tokens
     rows_per_shard = acts.contexts_per_shard * ROWS_PER_CONTEXT
     n_shards = math.ceil(n_rows / rows_per_shard)

@@ -44,7 +44,7 @@ def prefetch(items: Iterator[T], transform: Callable[[T], U], depth: int = 2) ->
                     out.put(_DONE)
                     return
                 out.put(transform(item))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer, which re-raises it)
             out.put(_Failed(exc))
 
     thread = threading.Thread(target=reader, name="shard-prefetch", daemon=True)

@@ -73,5 +73,11 @@ class ShardStream:
                     pending, have = [], 0
 
 
+def as_tensor(rows: np.ndarray, pin: bool = False) -> torch.Tensor:
+    """A window as float32 torch rows; pinned (page-locked) for non-blocking copies to a GPU."""
+    t = torch.from_numpy(rows).float()
+    return t.pin_memory() if pin else t
+
+
 def _concat(parts: list[Any]) -> Any:
     return torch.cat(parts) if torch.is_tensor(parts[0]) else np.concatenate(parts)

@@ -16,10 +16,10 @@ import torch
 from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 
-from pipeline.recipes.coder import build_coder
-from pipeline.recipes.saving import save_coder
 from pipeline.config.recipe import RecipeSpec
+from pipeline.recipes.coder import build_coder
 from pipeline.recipes.collective import world
+from pipeline.recipes.saving import save_coder
 
 
 class StepResult(NamedTuple):

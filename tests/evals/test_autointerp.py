@@ -287,8 +287,9 @@ def test_config_rejects_windows_that_do_not_fit() -> None:
 # --- (b) slow: the real offline judge over HTTP, a trained tiny SAE ---------------------------------------
 
 E2E = {**SMALL, "n_latents": 2, "total_tokens": 2048, "scorers": ["detection", "embedding"], "format_retries": 0,
-       "max_unparsable_frac": 1.0}  # fmt: skip
-"""Two latents, SAEBench's detection and one delphi judge scorer: 6 judge calls a run."""
+       "max_unparsable_frac": 1.0, "act_threshold_frac": 0.5}  # fmt: skip
+"""Two latents, SAEBench's detection and one delphi judge scorer: 6 judge calls a run. The tiny SAE's latents
+fire on 40-65% of tokens: at 1% of the top activation every window is active and no negative exists."""
 
 
 @pytest.fixture(scope="module")
@@ -366,6 +367,7 @@ def test_end_to_end_over_http_then_a_rerun_sends_zero_requests(tiny_run, tiny_pr
         assert isinstance(record["explanation"], str) and record["explanation"]
         assert record["score"] is None or 0.0 <= record["score"] <= 1.0
         assert record["detection"] is None or 0.0 <= record["detection"] <= 1.0
+        assert record["n_negatives"] > 0
         assert 0.0 <= record["embedding"] <= 1.0 and 0.0 <= record["embedding_null"] <= 1.0
         assert record["tier"] in tiers.TIERS and set(record["correlation"]) == set(tiers.KINDS)
     s = data["eval_result_unstructured"]["saepipe"]
@@ -435,6 +437,7 @@ def digest(messages: list[dict]) -> str:
     return hashlib.sha256(json.dumps(messages).encode()).hexdigest()
 
 
+@pytest.mark.slow
 def test_local_server_exits_when_its_stage_is_killed() -> None:
     """The stage's server (a child on a loopback port) must not outlive a kill -9 of the stage."""
     code = ("import time; from evals.autointerp.judge_server import LocalJudgeServer; s = LocalJudgeServer().__enter__(); "

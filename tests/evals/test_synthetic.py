@@ -14,6 +14,7 @@ import torch
 
 from pipeline.artifacts import ArtifactStore
 from pipeline.config.synthetic import (
+    HierarchySpec,
     SyntheticSpec,
     ZipfFiringSpec,
 )
@@ -183,3 +184,57 @@ def test_synthetic_comparison_end_to_end_with_seeds_and_loo(tmp_path: Path) -> N
     assert 0.5 < summary["probe_baseline"]["metrics"]["f1"] <= 1.0
     report = (tmp_path / "synth_tiny" / "report.md").read_text()
     assert "Supervised probe baseline" in report and "±" in report
+
+
+# -- (f) the probe ceiling converges --------------------------------------------------------------
+
+SMALL = SyntheticSpec(
+    num_features=24,
+    hidden_dim=16,
+    hierarchy=HierarchySpec(n_roots=2, branching=3, depth=1),
+    correlation=None,
+    orthogonalization=None,
+    firing=ZipfFiringSpec(exponent=0.5, max_prob=0.3, min_prob=0.02),
+    seed=11,
+)
+
+
+def test_effective_rates_match_the_measured_firing_rates() -> None:
+    """Children fire only under their parent and one at a time: the analytic rates track the samples."""
+    from evals.synthetic.rates import effective_rates
+    from pipeline.synthetic.model import build_model, sample
+
+    model = build_model(SMALL, "cpu")
+    rates = effective_rates(model)
+    drawn = model.activation_generator.firing_probabilities
+    _, feats = sample(model, 200_000, 1, with_features=True)
+    assert feats is not None
+    measured = (feats > 0).float().mean(0)
+    children = [c.feature_index for r in model.hierarchy.roots for c in r.children]
+    assert bool((rates[children] < 0.5 * drawn[children]).all())  # the hierarchy cuts them down...
+    assert torch.allclose(rates, measured, rtol=0.15, atol=2e-3)  # ...to what is measured
+
+
+def test_probe_sample_count_gives_every_feature_100_positives_and_converges() -> None:
+    from evals.synthetic.prepare import TRAIN_FRACTION, run_probes
+    from evals.synthetic.rates import probe_sample_count
+    from pipeline.synthetic.model import build_model
+
+    model = build_model(SMALL, "cpu")
+    n = probe_sample_count(model, None, 10**7, TRAIN_FRACTION)
+    assert probe_sample_count(model, 1234, 10**7, TRAIN_FRACTION) == 1234  # the config's count wins
+    result = run_probes(model, n, 5)
+    assert result["min_train_positives"] >= 100 and result["features_below_target"] == 0
+    assert result["converged"] and result["lbfgs_max_iterations"] > 1
+
+
+def test_doubling_the_probe_samples_moves_f1_by_less_than_001() -> None:
+    """The ceiling is a property of the model, not of the sample budget."""
+    from evals.synthetic.prepare import TRAIN_FRACTION, run_probes
+    from evals.synthetic.rates import probe_sample_count
+    from pipeline.synthetic.model import build_model
+
+    model = build_model(SMALL, "cpu")
+    n = probe_sample_count(model, None, 10**7, TRAIN_FRACTION)
+    once, twice = run_probes(model, n, 5), run_probes(model, 2 * n, 6)
+    assert abs(once["f1"] - twice["f1"]) < 0.01, (once["f1"], twice["f1"], n)

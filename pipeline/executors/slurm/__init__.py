@@ -1,6 +1,7 @@
 """The SLURM executor: one batch job per stage, or one job array per family of like stages.
 
-Every job runs ``python -m pipeline.cli run-stage CONFIG KEY --artifacts ROOT --quiet``, the same code
+Every job runs ``python -m pipeline.job run-stage CONFIG KEY --artifacts ROOT --quiet`` (the CLI with SIGTERM
+caught from process start: ``pipeline/job.py``), the same code
 path as the local executor (``pipeline.state``'s policy and per-stage lock, then
 ``stage_runner.execute``), so a stage computed on the cluster is byte-for-byte the artifact a local run
 would commit. The DAG becomes ``--dependency=afterok:...`` edges (with

@@ -107,6 +107,7 @@ def render_script(cfg: PipelineConfig, fam: Family, config_path: Path, store: Ar
         lines.append(f"KEY={fam.stages[0].key}")
         lines.append(f"LABEL={shlex.quote(fam.stages[0].label)}")
     python = shlex.quote(sys.executable)
+    config, root = shlex.quote(str(config_path)), shlex.quote(str(store.root))
     lines += [
         f"cd {shlex.quote(str(REPO_ROOT))}",
         "# One thread per allocated CPU unless the submitter chose otherwise (--export=ALL carries it).",
@@ -114,10 +115,23 @@ def render_script(cfg: PipelineConfig, fam: Family, config_path: Path, store: Ar
         "export PYTHONUNBUFFERED=1",
         'echo "saepipe: $LABEL ($KEY) job ${SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+ (array ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID})} '
         'on $(hostname) at $(date -Is)"',
-        f"exec {python} -m pipeline.cli run-stage {shlex.quote(str(config_path))} \"$KEY\" "
-        f"--artifacts {shlex.quote(str(store.root))} --quiet",
+        stage_command(cfg, fam.kind, python, config, root),
     ]
     return "\n".join(lines) + "\n"
+
+
+def stage_command(cfg: PipelineConfig, kind: str, python: str, config: str, root: str) -> str:
+    """What the job execs. A train stage given several GPUs trains data-parallel: torchrun starts one
+    rank per GPU, rank 0 being an ordinary ``run-stage`` (lock, resume, commit) and the others joining
+    its loop (``pipeline.training.worker``). ``exec`` keeps the job's SIGTERM warning reaching the ranks."""
+    gpus = cfg.executor.slurm.resources(kind).gpus or 0
+    if kind == "train" and gpus > 1:
+        return (
+            f"exec srun --ntasks=1 {python} -m torch.distributed.run --standalone --nproc_per_node {gpus} "
+            f'-m pipeline.training.worker {config} "$KEY" --artifacts {root}'
+        )
+    return f'exec {python} -m pipeline.job run-stage {config} "$KEY" --artifacts {root} --quiet'
+
 
 
 def _depths(stages: list[Stage]) -> dict[str, int]:
