@@ -27,6 +27,8 @@ from pipeline.loading import parse_config
 from tests.conftest import REPO, write_config
 from tests.tiny_shards import train_config, train_stage, write_activations
 
+pytestmark = pytest.mark.slow  # torchrun with 2 gloo ranks, kill -9 and resume
+
 RECIPE = {
     "matryoshka": {"levels": [16, 64], "order_by_frequency": True},
     "term": {"t": 0.5},

@@ -108,6 +108,7 @@ def test_run_with_cache_stop_at_layer(smollm2):
     torch.testing.assert_close(acts, full_cache[hook], rtol=0, atol=0)
 
 
+@pytest.mark.slow  # converts the GGUF from scratch
 def test_converted_model_cache_matches_fresh_conversion(tmp_path, monkeypatch) -> None:
     """The safetensors cache must give exactly what converting the GGUF gives (weights, tokenizer)."""
     from pipeline.models import smollm2

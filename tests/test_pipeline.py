@@ -17,12 +17,14 @@ from sae_lens import SAE
 
 from pipeline.artifacts import ArtifactStore, sha256_file
 from pipeline.config import PipelineConfig
-from pipeline.loading import parse_config
 from pipeline.executors.local import Outcome, run_local
 from pipeline.executors.stage_runner import execute
+from pipeline.loading import parse_config
 from pipeline.plan import build_plan, select
 from pipeline.progress import Reporter
 from tests.conftest import REPO, TINY, tiny_config, write_config
+
+pytestmark = pytest.mark.slow  # end-to-end runs of the real tiny pipeline, kills and resumes
 
 QUIET = Reporter(enabled=False)
 

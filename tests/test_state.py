@@ -29,6 +29,8 @@ from pipeline.progress import Reporter
 from pipeline.state import begin, stage_lock
 from tests.conftest import REPO, run_cli, tiny_config, write_config
 
+pytestmark = pytest.mark.slow  # real concurrent `pipeline run`s of the tiny config
+
 QUIET = Reporter(enabled=False)
 HOST = socket.gethostname()
 

@@ -7,5 +7,5 @@ from evals.contract import EvalDef
 
 EVAL = EvalDef(
     name="autointerp", version=1, config=AutointerpConfig, package=__name__, reported=REPORTED, prep="autointerp",
-    prep_reads_corpus=True, prep_exclude=PREP_EXCLUDE,
+    prep_reads_corpus=True, prep_exclude=PREP_EXCLUDE, prep_version=2,  # 2: held-out split by text hash
 )

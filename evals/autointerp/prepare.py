@@ -53,7 +53,7 @@ def prepare(env: EvalEnv, p: AutointerpConfig, sink: TensorSink) -> dict[str, An
         "contexts": found,
         "tokens": found * p.llm_context_size,
         "tokens_requested": p.total_tokens,
-        "dataset": f"{data.source}:{data.name} (held-out: every {data.holdout_every}th document)",
+        "dataset": f"{data.source}:{data.name} (held-out: one document in {data.holdout_every}, by text hash)",
         "hook": spec.hook,
         "str_tokens": {str(i): tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in sorted(seen)},
     }

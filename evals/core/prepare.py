@@ -107,7 +107,7 @@ def prepare(env: EvalEnv, p: CoreConfig, sink: TensorSink) -> dict[str, Any]:
             bar.advance(1)
     return {
         "contexts": len(tokens),
-        "dataset": f"{env.data.source}:{env.data.name} (held-out: every {env.data.holdout_every}th document)",
+        "dataset": f"{env.data.source}:{env.data.name} (held-out: one document in {env.data.holdout_every}, by text hash)",
         "ignore_tokens": ignore,
         "clean_logits": "stored" if keep_logits else "recomputed per SAE from the cached residual",
     }

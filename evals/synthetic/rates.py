@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
 from sae_lens.synthetic import SyntheticModel
 from torch import Tensor
 

@@ -31,7 +31,7 @@ class DataSpec(Strict):
     context_size: PositiveInt = 128
     prepend_bos: bool = True
     holdout_every: Annotated[int, Field(ge=2)] = 10
-    """Every n-th document is held out for evaluation and never used to train SAEs."""
+    """About one document in n (by a hash of its text) is held out for evaluation and never used to train SAEs."""
 
     @model_validator(mode="after")
     def _shipped_known(self) -> DataSpec:

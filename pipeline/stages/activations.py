@@ -97,4 +97,4 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return {"tokens": index.total_rows, "shards": len(done), "d_in": d_in}
 
 
-KIND = StageKind("activations", 1, run, resumes=True, planned_bytes=disk.activation_shards)
+KIND = StageKind("activations", 2, run, resumes=True, planned_bytes=disk.activation_shards)

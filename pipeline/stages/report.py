@@ -12,12 +12,12 @@ import json
 import statistics
 from typing import Any
 
-from pipeline.fsutil import atomic_write_json
 from pipeline import disk
+from pipeline.fsutil import atomic_write_json
 from pipeline.kinds import StageKind
 from pipeline.stages import report_html, report_suite
-from pipeline.stages.report_stats import interval95, within_noise
 from pipeline.stages.context import StageContext
+from pipeline.stages.report_stats import interval95, within_noise
 
 Metrics = dict[str, float]
 
@@ -255,7 +255,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         run_level["suite"] = report_suite.summarise(agg, run_level)
     (ctx.out / "report.md").write_text(markdown(run_name, rows, agg, run_level, groups, titles))
     cols = metric_columns(rows)
-    page = report_html.render(run_name, rows, agg, groups, titles, run_level, notes(cols, run_level))
+    suite_text = "\n".join(report_suite.markdown(run_level["suite"])) if "suite" in run_level else ""
+    page = report_html.render(run_name, rows, agg, groups, titles, run_level, notes(cols, run_level), suite_text)
     (ctx.out / "report.html").write_text(page)
     run_level.pop("feature_density", None)  # per-latent lists stay in core.json; the summary stays small
     atomic_write_json(ctx.out / "summary.json", {"run": run_name, "saes": rows, "by_spec": agg, **run_level})

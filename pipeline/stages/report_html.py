@@ -122,6 +122,7 @@ def render(
     titles: dict[str, str],
     run_level: dict[str, Any],
     markdown_notes: str,
+    suite_text: str = "",
 ) -> str:
     """Plots first (what a reader scans), then one section per eval: mean ± 95% CI over seeds, per seed."""
     facts = ["sae", "seed", "trainer", "d_sae", "k", "train_tokens"]
@@ -164,6 +165,7 @@ def render(
 <h1>saepipe report: {html.escape(run)}</h1>
 {banner}
 {scoreboard}
+{f'<h2>Suite</h2><pre class="note">{html.escape(suite_text)}</pre>' if suite_text else ""}
 <h2>Plots</h2><div class="plots">{figures}</div>
 {"".join(sections)}
 <h2>Notes</h2><pre class="note">{html.escape(markdown_notes)}</pre>

@@ -20,7 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens.synthetic import SyntheticModel, SyntheticModelConfig, ZipfianFiringProbabilityConfig
+from sae_lens.synthetic import (
+    SyntheticModel,
+    SyntheticModelConfig,
+    ZipfianFiringProbabilityConfig,
+)
 from sae_lens.synthetic.synthetic_model import SYNTHETIC_MODEL_CONFIG_FILENAME
 
 from pipeline.config.synthetic import SyntheticSpec

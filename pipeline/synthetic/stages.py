@@ -25,14 +25,25 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.shards import write_shard
-from pipeline.data.shard_progress import finished_shards, publish_shards, record_finished
 from pipeline import disk
+from pipeline.config.synthetic import SyntheticSpec
 from pipeline.dag import Stage
+from pipeline.data.shard_progress import (
+    finished_shards,
+    publish_shards,
+    record_finished,
+)
+from pipeline.data.shards import write_shard
 from pipeline.kinds import StageKind
 from pipeline.stages.context import StageContext
-from pipeline.synthetic.model import MODEL_DIR, build_model, derive_seed, load_model, sample, sample_chunks
-from pipeline.config.synthetic import SyntheticSpec
+from pipeline.synthetic.model import (
+    MODEL_DIR,
+    build_model,
+    derive_seed,
+    load_model,
+    sample,
+    sample_chunks,
+)
 
 ROWS_PER_CONTEXT = 1024
 HOOK = "synthetic"

@@ -1,0 +1,108 @@
+"""A suite of synthetic shapes: the config lays shapes over a base, the plan builds one chain per shape,
+and the report gives each spec per shape and "better on N of M shapes"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.config.errors import ConfigError
+from pipeline.config.synthetic import SyntheticSuite
+from pipeline.loading import load_config, parse_config
+from pipeline.plan import build_plan
+from pipeline.stages import report_suite
+from pipeline.stages.report import aggregate
+
+TINY_BASE = {"num_features": 32, "hidden_dim": 16, "hierarchy": None, "correlation": {"rank": 2, "scale": 0.1},
+             "orthogonalization": None, "eval_samples": 2000, "probe_samples": 2000}  # fmt: skip
+
+
+def suite_raw(saes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": "suite_tiny",
+        "synthetic_suite": {"base": TINY_BASE, "shapes": {"flat": {}, "wide": {"hidden_dim": 24, "correlation": None}}},
+        "activations": {"n_tokens": 8192, "contexts_per_shard": 4},
+        "saes": saes,
+    }
+
+
+SAE = {"name": "btk", "d_sae": 32, "k": 3, "lr": 3e-3, "batch_size": 512, "seeds": [0, 1]}
+
+
+def test_shapes_are_the_base_with_their_own_keys_laid_over() -> None:
+    suite = SyntheticSuite.model_validate({"base": TINY_BASE, "shapes": {"a": {}, "b": {"correlation": {"rank": 4}}, "c": {"correlation": None}}})
+    assert suite.shapes["a"].hidden_dim == 16 and suite.shapes["a"].correlation.rank == 2
+    assert suite.shapes["b"].correlation.rank == 4 and suite.shapes["b"].correlation.scale == 0.1  # merged key by key
+    assert suite.shapes["c"].correlation is None
+    assert SyntheticSuite.model_validate(suite.model_dump()) == suite  # a dump re-validates to the same suite
+    with pytest.raises(ValidationError, match="shapes"):
+        SyntheticSuite.model_validate({"shapes": {"bad@name": {}}})
+    with pytest.raises(ConfigError, match="not both"):
+        parse_config({**suite_raw([SAE]), "synthetic": TINY_BASE})
+
+
+def test_shipped_suite_has_four_shapes_three_seeds_and_matched_k() -> None:
+    cfg, _ = load_config("synth_suite")
+    assert len(cfg.shapes()) >= 4
+    assert {tuple(s.seeds) for s in cfg.saes} == {(0, 1, 2)} and len({s.k for s in cfg.saes}) == 1
+    assert 2 <= len(cfg.saes) <= 3
+
+
+def test_plan_builds_one_chain_per_shape() -> None:
+    plan = build_plan(parse_config(suite_raw([SAE])))
+    by_label = {s.label: s for s in plan}
+    for shape in ("flat", "wide"):
+        train = by_label[f"train:btk-s0@{shape}"]
+        assert train.inputs["activations"] is by_label[f"activations@{shape}"]
+        assert by_label[f"activations@{shape}"].inputs["synthetic_model"] is by_label[f"synthetic_model@{shape}"]
+        ev = by_label[f"eval_synthetic:btk-s0@{shape}"]
+        assert ev.inputs["synthetic_model"] is by_label[f"synthetic_model@{shape}"]
+        assert ev.inputs["prep:all"] is by_label[f"eval_prep:synthetic@{shape}"]
+        assert f"probe_baseline@{shape}" in by_label["report"].inputs
+    assert by_label["train:btk-s0@flat"].key != by_label["train:btk-s0@wide"].key
+    lone = build_plan(parse_config({**suite_raw([SAE]), "synthetic_suite": None, "synthetic": TINY_BASE}))
+    assert not any("@" in s.label for s in lone)  # a single model's labels are unchanged
+
+
+def _rows(values: dict[tuple[str, str], list[float]]) -> list[dict[str, Any]]:
+    return [{"sae": f"{spec}@{shape}", "spec": spec, "shape": shape, "seed": i, "f1": v, "l0": 8.0}
+            for (spec, shape), vs in values.items() for i, v in enumerate(vs)]  # fmt: skip
+
+
+def test_better_on_n_of_m_shapes_counts_only_separated_differences() -> None:
+    rows = _rows({
+        ("a", "s1"): [0.50, 0.51, 0.52], ("b", "s1"): [0.30, 0.31, 0.32],  # a clearly better
+        ("a", "s2"): [0.40, 0.45, 0.50], ("b", "s2"): [0.41, 0.44, 0.49],  # within noise
+        ("a", "s3"): [0.10, 0.11, 0.12], ("b", "s3"): [0.20, 0.21, 0.22],  # b clearly better
+    })  # fmt: skip
+    run_level = {"headline": ["f1"], "better": {"f1": "higher", "l0": None}, "probe_baseline@s1": {"metrics": {"f1": 0.9}}}
+    suite = report_suite.summarise(aggregate(rows), run_level)
+    (pair,) = suite["pairs"]
+    assert (pair["a"], pair["b"], pair["shapes"]) == ("a", "b", 3)
+    assert pair["a_better_on"] == ["s1"] and pair["b_better_on"] == ["s3"]
+    d = pair["difference"]["s1"]
+    assert d["a_minus_b"] == pytest.approx(0.2) and 0 < d["ci95"] < 0.2
+    lines = "\n".join(report_suite.markdown(suite))
+    assert "| f1 | a | b | 1 of 3 | 1 of 3 |" in lines and "| *probe ceiling* | 0.9 |  |  |" in lines
+    assert "**0.51 ± 0.025**" in lines  # the shape's best in bold
+
+
+def test_suite_runs_end_to_end_and_reports_per_shape(tmp_path: Path) -> None:
+    from pipeline.artifacts import ArtifactStore
+    from pipeline.executors.local import run_local
+    from pipeline.progress import Reporter
+
+    cfg = parse_config(suite_raw([SAE]))
+    outcomes = run_local(cfg, build_plan(cfg), ArtifactStore(tmp_path), set(), Reporter(enabled=False))
+    assert {o.status for o in outcomes} == {"ran"}, [(o.stage.label, o.status, o.error[-300:]) for o in outcomes]
+    summary = json.loads((tmp_path / "suite_tiny" / "summary.json").read_text())
+    assert {r["sae"] for r in summary["saes"]} == {"btk@flat", "btk@wide"}
+    assert summary["suite"]["shapes"] == ["flat", "wide"] and set(summary["suite"]["probe_ceiling"]) == {"flat", "wide"}
+    assert {b.get("shape") for b in summary["scoreboard"]} == {"flat", "wide"}
+    report = (tmp_path / "suite_tiny" / "report.md").read_text()
+    assert "## Suite: each spec on each shape" in report and "| *probe ceiling* |" in report
+    assert "<h2>Suite</h2>" in (tmp_path / "suite_tiny" / "report.html").read_text()
