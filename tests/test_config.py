@@ -120,7 +120,7 @@ def test_plan_of_the_gemma_config_works_offline(tmp_path: Path) -> None:
     # activations, train, report, 8 per-SAE evals, 1 (core) + 8 + 5 + 1 + 1 + 1 (autointerp) + 1 (unlearning) prep
     # stages: all missing, nothing downloaded
     assert proc.stderr.count("missing") == 29
-    assert "942.5 GB" in proc.stderr  # 200M tokens x (2304 x 2 + 12) bytes x 1.02: the activations' bytes
+    assert "934.0 GB" in proc.stderr  # 200M tokens x (2304 x 2 + 16) bytes x 1.01: the activations' bytes
     from pipeline.loading import load_config
     from pipeline.plan import build_plan
 

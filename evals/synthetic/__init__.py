@@ -16,4 +16,5 @@ EVAL = EvalDef(
     sae_format="folder",
     variants=variants,
     report_prep=PROBE_BASELINE,
+    prep_version=2,  # 2: the probe runs to convergence on a per-model sample count (rates.py)
 )

@@ -127,4 +127,4 @@ def load_synthetic_model(ctx: StageContext, name: str = "synthetic_model") -> An
 
 
 MODEL_KIND = StageKind("synthetic_model", 1, run_model, planned_bytes=disk.synthetic_model)
-ACTIVATIONS_KIND = StageKind("synthetic_activations", 1, run_activations, resumes=True, planned_bytes=disk.activation_shards)
+ACTIVATIONS_KIND = StageKind("synthetic_activations", 2, run_activations, resumes=True, planned_bytes=disk.activation_shards)
