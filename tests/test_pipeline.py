@@ -231,14 +231,15 @@ def test_eval_data_is_prepared_once_for_every_sae() -> None:
     raw["saes"][1]["lr"] = 5e-4
     raw["evals"]["sparse_probing"]["datasets"] = ["96_spam_is", "139_news_class_Politics"]
     stages = build_plan(parse_config(raw))
-    preps = [s for s in stages if s.kind == "eval_prep"]
+    preps = [s for s in stages if s.kind == "eval_prep" and s.params["eval"] == "sparse_probing"]
     evals = [s for s in stages if s.kind == "eval_sparse_probing"]
     assert [p.label for p in preps] == ["eval_prep:sparse_probing:96_spam_is", "eval_prep:sparse_probing:139_news_class_Politics"]
     assert len(evals) == 4  # 2 specs x 2 seeds, all reading the same two prep artifacts
     assert all({i.key for n, i in e.inputs.items() if n.startswith("prep:")} == {p.key for p in preps} for e in evals)
     # the data draw (seed) keys the prep: changing it redoes the model work
     raw["evals"]["sparse_probing"]["seed"] = 7
-    assert {s.key for s in build_plan(parse_config(raw)) if s.kind == "eval_prep"} != {p.key for p in preps}
+    changed = build_plan(parse_config(raw))
+    assert {s.key for s in changed if s.kind == "eval_prep" and s.params["eval"] == "sparse_probing"}.isdisjoint({p.key for p in preps})
 
 
 def test_a_failing_eval_keeps_the_others_and_is_retried_alone(first_run, tmp_path: Path) -> None:
@@ -246,7 +247,7 @@ def test_a_failing_eval_keeps_the_others_and_is_retried_alone(first_run, tmp_pat
     copy = ArtifactStore(tmp_path / "copy")
     shutil.copytree(store.root, copy.root)
     stages = build_plan(cfg)
-    prep = next(s for s in stages if s.kind == "eval_prep")
+    prep = next(s for s in stages if s.kind == "eval_prep" and s.params["eval"] == "sparse_probing")
     part = next((copy.path(prep.kind, prep.key) / "tensors").rglob("part-00000.safetensors"))
     original = part.read_bytes()
     part.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # same size: only the checksum can tell
