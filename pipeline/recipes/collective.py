@@ -23,29 +23,25 @@ def rank() -> int:
     return dist.get_rank() if world() > 1 else 0
 
 
-def all_sum(t: Tensor) -> Tensor:
-    """Sum over ranks (a new tensor; the input is left alone)."""
+def _all_reduce(t: Tensor, op: dist.ReduceOp) -> Tensor:
+    """``op`` over ranks into a new tensor (the input is left alone); the input itself with one rank."""
     if world() == 1:
         return t
     out = t.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    dist.all_reduce(out, op=op)
     return out
+
+
+def all_sum(t: Tensor) -> Tensor:
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 def all_min(t: Tensor) -> Tensor:
-    if world() == 1:
-        return t
-    out = t.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MIN)
-    return out
+    return _all_reduce(t, dist.ReduceOp.MIN)
 
 
 def all_max(t: Tensor) -> Tensor:
-    if world() == 1:
-        return t
-    out = t.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out
+    return _all_reduce(t, dist.ReduceOp.MAX)
 
 
 def all_cat(t: Tensor) -> Tensor:
