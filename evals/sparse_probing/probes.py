@@ -137,24 +137,23 @@ def train_probes(
     return accs
 
 
-def llm_probes(
-    llm_train: dict[str, torch.Tensor], llm_test: dict[str, torch.Tensor], k_values: list[int]
-) -> dict[str, dict[str, float]]:
-    """The model-side half of SAEBench's probe sequence: full-width probe, then top-k probes."""
-    out = {"llm_test_accuracy": train_probes(llm_train, llm_test, None, **FULL_PROBE)}
+def _probe_sequence(prefix: str, train: dict[str, torch.Tensor], test: dict[str, torch.Tensor], k_values: list[int]
+                    ) -> dict[str, dict[str, float]]:  # fmt: skip
+    """SAEBench's probe sequence on one side: a full-width probe, then top-k probes (the order draws the RNG)."""
+    out = {f"{prefix}_test_accuracy": train_probes(train, test, None, **FULL_PROBE)}
     for k in k_values:
-        out[f"llm_top_{k}_test_accuracy"] = train_probes(llm_train, llm_test, select_top_k=k)
+        out[f"{prefix}_top_{k}_test_accuracy"] = train_probes(train, test, select_top_k=k)
     return out
 
 
-def sae_probes(
-    sae_train: dict[str, torch.Tensor], sae_test: dict[str, torch.Tensor], k_values: list[int]
-) -> dict[str, dict[str, float]]:
-    """The SAE-side half: full-width probe on all latents, then k-sparse probes."""
-    out = {"sae_test_accuracy": train_probes(sae_train, sae_test, None, **FULL_PROBE)}
-    for k in k_values:
-        out[f"sae_top_{k}_test_accuracy"] = train_probes(sae_train, sae_test, select_top_k=k)
-    return out
+def llm_probes(llm_train: dict[str, torch.Tensor], llm_test: dict[str, torch.Tensor], k_values: list[int]) -> dict[str, dict[str, float]]:
+    """The model-side half of SAEBench's probe sequence."""
+    return _probe_sequence("llm", llm_train, llm_test, k_values)
+
+
+def sae_probes(sae_train: dict[str, torch.Tensor], sae_test: dict[str, torch.Tensor], k_values: list[int]) -> dict[str, dict[str, float]]:
+    """The SAE-side half, on the latents."""
+    return _probe_sequence("sae", sae_train, sae_test, k_values)
 
 
 def in_saebench_order(llm: dict[str, dict[str, float]], sae: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
