@@ -14,7 +14,7 @@ peak memory of each eval stage.
 * core per SAE: sae-bench's ``run_evals`` against our ``evaluate`` on the same prep (``--core-only``
   runs just this, on 1 SAE).
 
-Usage: python bench/bench_eval_suite.py [--config default] [--tokens 60000] [--out bench/results/eval_suite.json]
+Usage: python bench/bench_eval_suite.py [--config default] [--tokens 300000] [--out bench/results/eval_suite.json]
        [--core-only | --memory-only]
 """
 
@@ -48,16 +48,36 @@ EVAL_KINDS = {"eval_prep", "eval_core", "eval_sparse_probing", "eval_absorption"
 
 
 def bench_config(base: str, tokens: int, n_saes: int) -> dict[str, Any]:
-    """The base config's model, data and evals; one SAE spec trained with ``n_saes`` seeds on few tokens
-    (eval cost does not depend on how long an SAE trained)."""
+    """The base config's model, data and evals; one SAE spec trained with ``n_saes`` seeds. Trained on the
+    demo's token budget: briefly trained SAEs have no latent under unlearning's retain-frequency bar, so
+    its clamp (the costly part per SAE) would never run. Autointerp has its own benchmark
+    (bench_autointerp.py) and is left out: its judge server would dominate the wall time."""
     cfg, _ = load_config(base)
     raw = cfg.model_dump(mode="json")
     raw["name"] = f"bench_evals_{n_saes}"
     raw["activations"]["n_tokens"] = tokens
     spec = next(s for s in raw["saes"] if s["trainer"] == "saepipe")
     raw["saes"] = [{**spec, "name": "sae", "seeds": list(range(n_saes)), "checkpoint_every": 1000}]
+    if "autointerp" in raw["evals"]:
+        raw["evals"]["autointerp"]["enabled"] = False
     raw.pop("executor")
     return raw
+
+
+def load_average() -> list[float]:
+    """The 1/5/15-minute load averages: the machine is shared, so every phase records them."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def unlearning_clamps(store: ArtifactStore, raw: dict[str, Any]) -> dict[str, Any]:
+    """Per SAE: the candidate latents unlearning found and the settings it clamped (0 candidates: the
+    clamp never ran, and the eval's per-SAE cost is not what a trained SAE costs)."""
+    out = {}
+    for s in build_plan(parse_config(raw)):
+        if s.kind == "eval_unlearning" and store.is_complete(s.kind, s.key):
+            res = json.loads((store.path(s.kind, s.key) / "unlearning.json").read_text())["eval_result_unstructured"]
+            out[s.label] = {"candidates": res["candidate_features"], "settings_clamped": sum(r["n_features_selected"] > 0 for r in res["settings"])}
+    return out
 
 
 def write(raw: dict[str, Any], folder: Path) -> Path:
@@ -106,7 +126,8 @@ def run_ours(raw: dict[str, Any], store: ArtifactStore, folder: Path) -> dict[st
     if proc.returncode != 0:
         sys.exit(f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     seconds = stage_seconds(store, raw)
-    return {"wall_s": round(wall, 2), "eval_stage_s": round(sum(seconds.values()), 2), "by_kind_s": by_kind(seconds)}
+    return {"wall_s": round(wall, 2), "eval_stage_s": round(sum(seconds.values()), 2), "by_kind_s": by_kind(seconds),
+            "unlearning": unlearning_clamps(store, raw)}
 
 
 # Linux carries a process's peak RSS across exec: a child forked from this (model-holding) process
@@ -225,7 +246,7 @@ def saebench_sparse_probing(raw: dict[str, Any], store: ArtifactStore, n_saes: i
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="default")
-    parser.add_argument("--tokens", type=int, default=60_000)
+    parser.add_argument("--tokens", type=int, default=300_000)
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "eval_suite.json"))
     parser.add_argument("--memory-only", action="store_true", help="only the per-stage peak memory (1 SAE)")
     parser.add_argument("--core-only", action="store_true", help="only eval_core per SAE, against sae-bench's run_evals")
@@ -250,7 +271,8 @@ def main() -> None:
         previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
         save({**previous, "peak_rss_mib_1_sae": memory}, args.out)
         return
-    result: dict[str, Any] = {"config": args.config, "torch_threads": os.cpu_count()}
+    result: dict[str, Any] = {"config": args.config, "torch_threads": os.cpu_count(), "tokens": args.tokens,
+                              "load_at_start": load_average()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         raw4 = bench_config(args.config, args.tokens, 4)
@@ -260,11 +282,13 @@ def main() -> None:
         result["evals"] = sorted(n for n, s in parse_config(raw4).evals.sections().items() if s.enabled)
         for n, raw in ((1, raw1), (4, raw4)):
             result[f"ours_{n}_sae"] = run_ours(raw, clone_upstream(base, tmp / f"s{n}"), tmp)
+            result[f"ours_{n}_sae"]["load_after"] = load_average()
             print(f"ours, {n} SAE(s): {result[f'ours_{n}_sae']}", flush=True)
         result["ours_ratio_4_vs_1"] = round(result["ours_4_sae"]["eval_stage_s"] / result["ours_1_sae"]["eval_stage_s"], 3)
         save(result, args.out)
-        result["core_per_sae"] = bench_core(raw1, base, tmp)
-        print(f"core per SAE: {result['core_per_sae']}", flush=True)
+        result["peak_rss_mib_1_sae"] = peak_memory(raw1, clone_upstream(base, tmp / "mem"), tmp)
+        result["load_after_memory"] = load_average()
+        print(f"peak RSS: {result['peak_rss_mib_1_sae']}", flush=True)
         save(result, args.out)
         if parse_config(raw4).evals.sparse_probing.enabled:
             ref = {n: saebench_sparse_probing(raw4, base, n) for n in (1, 4)}
@@ -273,10 +297,12 @@ def main() -> None:
                 "saebench_s": ref,
                 "ours_s": ours,
                 "speedup_vs_saebench": {n: round(ref[n] / ours[n], 2) for n in (1, 4)},
+                "load_after": load_average(),
             }
             print(f"sparse probing: {result['sparse_probing']}", flush=True)
             save(result, args.out)
-        result["peak_rss_mib_1_sae"] = peak_memory(raw1, clone_upstream(base, tmp / "mem"), tmp)
+        result["core_per_sae"] = {**bench_core(raw1, base, tmp), "load_after": load_average()}
+        print(f"core per SAE: {result['core_per_sae']}", flush=True)
     print(json.dumps(result, indent=2))
     save(result, args.out)
 
