@@ -150,7 +150,8 @@ def train(ctx: StageContext, ranks: Ranks) -> dict[str, Any]:
                 since_fired.masked_fill_(fired > 0, 0)
                 fired_count += fired
             step += 1
-            log.append(out.stats)
+            # every trainer's curve gets L0 (unless it logs its own) and the dead-latent count (the report plots both)
+            log.append({"l0": fired.sum() / batch, **out.stats, "dead_latents": (since_fired > p["dead_after_tokens"]).sum()})
             if step % LOG_EVERY == 0 or step == n_steps:
                 log.flush()
                 bar.advance((step - shown) * batch, extra=f"mse {log.last['mse']:.3g}")
