@@ -48,7 +48,6 @@ from pipeline.training.metrics import MetricLog
 from pipeline.training.ops_choice import resolve_ops
 from pipeline.training.preemption import Preempted, stop_on_sigterm
 from pipeline.training.stream import ShardStream, as_tensor
-from pipeline.training.trainables import build_trainable
 
 SAE_DIR = "sae"
 LOG_FILE = "train_log.json"
@@ -104,6 +103,8 @@ def train(ctx: StageContext, ranks: Ranks) -> dict[str, Any]:
         ops = read_info(ckpt)["ops"]  # `auto` may choose differently today; the run keeps its choice
     else:
         ops = resolve_ops(p["ops"], device, recipe, index.d_in, p["d_sae"], p["k"], batch // world, bf16)
+    from pipeline.training.trainables import build_trainable  # here: sae-lens loads with a stage, not the plan
+
     trainable = build_trainable(p["trainer"], recipe, index.d_in, p["d_sae"], p["k"], p["seed"], device, ops)
     sae = trainable.module
     optimizer = torch.optim.Adam(sae.parameters(), lr=p["lr"], betas=(0.9, 0.999))
