@@ -7,8 +7,10 @@ context starts with BOS when ``prepend_bos``. Deterministic: context i is always
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # an annotation only: transformers loads with the model, not with the plan
+    from transformers import PreTrainedTokenizerBase
 
 
 def token_contexts(
