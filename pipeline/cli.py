@@ -148,29 +148,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_run_stage(args: argparse.Namespace) -> int:
-    """Run one stage by key (the body of a SLURM job). A stage already complete is a no-op; one that
-    another process is computing is waited for, and is then usually complete."""
-    from pipeline.executors.stage_runner import execute
-    from pipeline.state import begin, stage_lock
+    """Run stages by key in this one process (the body of a SLURM job: one stage, or a group of like
+    evals sharing the loaded model). A stage already complete is a no-op; one that another process is
+    computing is waited for, and is then usually complete. Exit 1 when any of them failed."""
+    from pipeline.executors.stage_runner import run_stages
 
     cfg, stages = _load(args)
-    stage = next((s for s in stages if s.key == args.key), None)
-    if stage is None:
-        console.print(f"[red]error:[/] no stage with key {args.key!r} in {cfg.name}'s plan")
+    by_key = {s.key: s for s in stages}
+    unknown = [k for k in args.key if k not in by_key]
+    if unknown:
+        console.print(f"[red]error:[/] no stage with key {', '.join(map(repr, unknown))} in {cfg.name}'s plan (`pipeline plan` lists them)")
         return 2
-    store = _store(args)
-    reporter = Reporter(enabled=not args.quiet)
-    with stage_lock(store, stage, wait=True, reporter=reporter):
-        if not begin(store, stage, reporter):
-            console.print(f"{stage.label} ({stage.key}) is already complete")
-            return 0
-        execute(cfg, store, stage, reporter)
-    console.print(f"{stage.label} ({stage.key}) complete")
-    if stage.kind == "report":
+    chosen = [by_key[k] for k in dict.fromkeys(args.key)]
+    outcome = run_stages(cfg, _store(args), chosen, Reporter(enabled=not args.quiet))
+    for s in chosen:
+        state = {"ran": "complete", "cached": "is already complete"}.get(outcome[s.label], "FAILED")
+        console.print(f"{s.label} ({s.key}) {state}", markup=False)
+    if any(s.kind == "report" and outcome[s.label] != "failed" for s in chosen):
         from pipeline.executors.local import publish_report
 
-        console.print(f"report: {publish_report(cfg, stages, store)}")
-    return 0
+        console.print(f"report: {publish_report(cfg, stages, _store(args))}")
+    return 1 if "failed" in outcome.values() else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,13 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("plan", cmd_plan, "show the DAG: each stage, its key and whether it is cached"),
         ("status", cmd_status, "state of every stage (done / partial / corrupt / missing)"),
         ("verify", cmd_verify, "check every artifact's files against their sha256"),
-        ("run-stage", cmd_run_stage, "run one stage by key (what a SLURM job executes)"),
+        ("run-stage", cmd_run_stage, "run stages by key in one process (what a SLURM job executes)"),
     ):
         p = sub.add_parser(name, help=help_text, parents=[common])
         p.add_argument("config", help="a YAML path, or a name in configs/")
         p.set_defaults(func=func)
         if name == "run-stage":
-            p.add_argument("key", help="the stage's key, as `pipeline plan` shows it")
+            p.add_argument("key", nargs="+", help="the stages' keys, as `pipeline plan` shows them (several: one process)")
             p.add_argument("--quiet", action="store_true", help="no progress bars")
         if name == "run":
             p.add_argument("--force", action="append", metavar="STAGE", help="recompute STAGE (kind, label or key) and all that depends on it")

@@ -1,11 +1,14 @@
 """Run one stage to a committed artifact. Shared by every executor, so a stage behaves the same
-in-process and inside a SLURM job."""
+in-process and inside a SLURM job; ``run_stages`` is a SLURM job's body (one stage, or a group of like
+evals sharing the process and its loaded model)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
+import traceback
 from pathlib import Path
 
 from pipeline.artifacts import ArtifactStore
@@ -56,3 +59,26 @@ def execute(cfg: PipelineConfig, store: ArtifactStore, stage: Stage, reporter: R
         "timings": {"started": started, "finished": time.time(), "seconds": round(time.time() - started, 3)},
     }
     return store.commit(stage.kind, stage.key, staging, record)
+
+
+def run_stages(cfg: PipelineConfig, store: ArtifactStore, stages: list[Stage], reporter: Reporter) -> dict[str, str]:
+    """Each stage in turn in this process, under its own lock (waiting for another holder, then finding
+    it usually complete): label -> 'ran', 'cached' or 'failed'. A failing stage is reported with its
+    traceback (the job log's error line) and the next one still runs, so one broken SAE of a group
+    loses no other SAE's artifact; what is left to redo is exactly what failed."""
+    from pipeline.state import begin, stage_lock
+
+    outcome = {}
+    for stage in stages:
+        try:
+            with stage_lock(store, stage, wait=True, reporter=reporter):
+                if not begin(store, stage, reporter):
+                    outcome[stage.label] = "cached"
+                    continue
+                execute(cfg, store, stage, reporter)
+            outcome[stage.label] = "ran"
+        except Exception as exc:  # the group's other stages must still run
+            traceback.print_exc(file=sys.stderr)
+            reporter.log(f"[red]{stage.label} failed:[/] {type(exc).__name__}: {exc}")
+            outcome[stage.label] = "failed"
+    return outcome
