@@ -29,6 +29,10 @@ class SlurmSpec(Strict):
     """Per stage kind (``train``, ``eval_core``, ...); the names are checked against the stage registry on load."""
     arrays: bool = True
     """Submit families of like stages (a sweep's SAEs, many evals) as one job array."""
+    eval_group_size: PositiveInt = 4
+    """Evals of one kind over several SAEs that read the same prep with the same model run this many to
+    a job (or array task), in one process: one start-up and model load per group instead of per SAE.
+    Each SAE keeps its own artifact; the kind's time limit covers the whole group. 1: a job per stage."""
     grace_seconds: PositiveInt = 120
     """SIGTERM this long before the time limit (pre-emption warning): training checkpoints and exits."""
     poll_seconds: PositiveFloat = 2.0
