@@ -6,9 +6,9 @@ Checks that need `d_sae` (which lives outside the recipe) happen in `build_coder
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 ActivationName = Literal["topk", "batchtopk", "jumprelu", "relu_l1"]
 TOPK_STYLE: frozenset[str] = frozenset({"topk", "batchtopk"})
@@ -16,6 +16,17 @@ TOPK_STYLE: frozenset[str] = frozenset({"topk", "batchtopk"})
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _quiet_defaults: ClassVar[frozenset[str]] = frozenset()
+    """Fields added after stage keys existed: left out of the dump while at their default, so the keys
+    of every run that does not set them stay what they were."""
+
+    @model_serializer(mode="wrap")
+    def _drop_quiet_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        for name in self._quiet_defaults:
+            if isinstance(data, dict) and name in data and getattr(self, name) == type(self).model_fields[name].default:
+                del data[name]
+        return data
 
 
 class BatchTopKSpec(_Spec):
@@ -85,10 +96,39 @@ class OrthogonalitySpec(_Spec):
 
 
 class AuxKSpec(_Spec):
-    """Dead-latent auxiliary loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders")."""
+    """Dead-latent auxiliary loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
 
+    sae-lens's TopK/BatchTopK training SAEs use k_aux = d_in // 2, coefficient 1.0, scale_by_dead
+    true and relu false (set k_aux to your d_in // 2 to reproduce them)."""
+
+    _quiet_defaults: ClassVar[frozenset[str]] = frozenset({"scale_by_dead", "relu"})
     k_aux: int = Field(512, ge=1)
     coefficient: float = Field(1.0 / 32.0, ge=0.0)
+    scale_by_dead: bool = False
+    """Multiply the loss by min(n_dead / k_aux, 1), so a few dead latents get a small loss (sae-lens: true)."""
+    relu: bool = True
+    """ReLU the dead latents' pre-activations before they reconstruct the residual (sae-lens: false,
+    it uses the raw top-k_aux pre-activations, which may be negative)."""
+
+
+class DecoderSpec(_Spec):
+    """How the decoder's row norms are kept out of the sparsity constraint.
+
+    'project' (ours): rows start at unit norm and are projected back to unit norm after every
+    optimizer step. 'rescale' (sae-lens's `rescale_acts_by_decoder_norm`): rows are free; the loss
+    sees encoder columns and b_enc times ||d_i|| and decoder rows divided by it, so the function is
+    the same but the optimizer moves different parameters. Saving folds the norms in (unit rows)."""
+
+    norm: Literal["project", "rescale"] = "project"
+    init_norm: float = Field(1.0, gt=0.0)
+    """Initial decoder row norm; W_enc starts as W_dec^T, so it scales the encoder too (sae-lens: 0.1,
+    Anthropic's April 2024 update). Only with norm 'rescale' (projection would undo it)."""
+
+    @model_validator(mode="after")
+    def _init_norm_needs_rescale(self) -> DecoderSpec:
+        if self.norm == "project" and self.init_norm != 1.0:
+            raise ValueError("decoder.init_norm != 1 needs decoder.norm 'rescale' (projection resets rows to unit norm)")
+        return self
 
 
 class LooSpec(_Spec):
@@ -111,6 +151,12 @@ class RecipeSpec(_Spec):
     orthogonality: OrthogonalitySpec | None = None
     aux_k: AuxKSpec | None = AuxKSpec()
     loo: LooSpec | None = None
+    decoder: DecoderSpec = DecoderSpec()
+    """Decoder-norm handling and initial scale; default: unit rows, projected after each step."""
+    b_dec_init: Literal["data_mean", "zeros"] = "data_mean"
+    """'data_mean': b_dec starts at the first batch's mean (ours); 'zeros': as sae-lens's trainer."""
+
+    _quiet_defaults: ClassVar[frozenset[str]] = frozenset({"decoder", "b_dec_init"})
 
     @model_validator(mode="before")
     @classmethod

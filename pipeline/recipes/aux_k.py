@@ -1,8 +1,9 @@
 """AuxK dead-latent loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
 
 With e = x - x_hat (target, no gradient) and z = TopK_{k_aux}(pre-activations of dead latents):
-    L_aux = coefficient * mean_b || e_b - z_b W_dec ||^2
+    L_aux = coefficient * s * mean_b || e_b - z_b W_dec ||^2,   s = min(n_dead / k_aux, 1) or 1
 so dead latents get gradient by explaining what the live ones miss. Zero when nothing is dead.
+z is ReLU'd unless `relu` is off (sae-lens keeps the raw, possibly negative, pre-activations).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class AuxKLoss:
     def __init__(self, spec: AuxKSpec) -> None:
         self.k_aux = spec.k_aux
         self.coefficient = spec.coefficient
+        self.scale_by_dead = spec.scale_by_dead
+        self.relu = spec.relu
 
     def __call__(self, ctx: LossContext) -> Tensor:
         dead = ctx.dead_mask
@@ -31,10 +34,11 @@ class AuxKLoss:
         enc = ctx.enc
         h = enc.hidden_pre
         sel = TopK().select(h.detach().masked_fill(~dead, -torch.inf), min(self.k_aux, n_dead))
-        z = ctx.ops.gather(h, enc.x_centered, ctx.W_enc, ctx.b_enc, sel).relu()
-        e_hat = ctx.ops.decode(sel, z, ctx.W_dec)
+        z = ctx.ops.gather(h, enc.x_centered, ctx.W_enc, ctx.b_enc, sel)
+        e_hat = ctx.ops.decode(sel, z.relu() if self.relu else z, ctx.W_dec)
         e = (ctx.x - ctx.recon.x_hat).detach()
-        return self.coefficient * (e - e_hat).pow(2).sum(-1).mean()
+        scale = min(n_dead / self.k_aux, 1.0) if self.scale_by_dead else 1.0
+        return self.coefficient * scale * (e - e_hat).pow(2).sum(-1).mean()
 
 
 class DeadLatentTracker:

@@ -7,6 +7,10 @@ The training loss is the same loop for every recipe:
     loss   = sum_levels reduce(level) + activation penalty + sum of extra loss terms
 Pieces that are switched off are replaced by neutral ones (constant k, zero refinement steps, one
 level, mean reduction, empty term list), so the loop has no per-idea branches.
+
+Decoder norms (`recipe.decoder`): 'project' keeps W_dec rows at unit norm by projection after each
+step; 'rescale' (sae-lens's parametrisation) leaves them free and runs the same loop on the effective
+weights W_enc * n, b_enc * n, W_dec / n (n = row norms), which is what sae-lens computes.
 """
 
 from __future__ import annotations
@@ -54,13 +58,15 @@ class SavedForm(NamedTuple):
 
 
 class SparseCoder(nn.Module):
-    """SAE with W_enc (d_in, d_sae), b_enc, W_dec (d_sae, d_in) with unit-norm rows, b_dec."""
+    """SAE with W_enc (d_in, d_sae), b_enc, W_dec (d_sae, d_in) (unit-norm rows, or free rows under
+    decoder.norm 'rescale'), b_dec."""
 
     def __init__(self, recipe: RecipeSpec, d_in: int, d_sae: int, k: int, seed: int = 0, dense: bool = False) -> None:
         super().__init__()
         self.recipe, self.d_in, self.d_sae, self.k, self.seed = recipe, d_in, d_sae, k, seed
         gen = torch.Generator().manual_seed(seed)
-        W_dec = F.normalize(torch.randn(d_sae, d_in, generator=gen), dim=-1)
+        W_dec = F.normalize(torch.randn(d_sae, d_in, generator=gen), dim=-1) * recipe.decoder.init_norm
+        self.rescale = recipe.decoder.norm == "rescale"
         self.W_dec = nn.Parameter(W_dec)
         self.W_enc = nn.Parameter(W_dec.t().clone())
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
@@ -79,19 +85,27 @@ class SparseCoder(nn.Module):
             self.loss_terms["orthogonality"] = OrthogonalityLoss(recipe.orthogonality)
         self.pruner = LooPruner(recipe.loo.tau) if recipe.loo else NoPruning()
 
+    def effective_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(W_enc, b_enc, W_dec) as the loss and inference see them (differentiable)."""
+        if not self.rescale:
+            return self.W_enc, self.b_enc, self.W_dec
+        n = self.W_dec.norm(dim=-1)
+        return self.W_enc * n, self.b_enc * n, self.W_dec / n[:, None]
+
     # -- training ---------------------------------------------------------------------------
 
     def training_loss(self, x: Tensor, step: int = 0, total_steps: int = 1, dead_mask: Tensor | None = None) -> TrainOutput:
         """Loss of one batch; also updates training statistics (BatchTopK threshold, frequencies)."""
         k = self.k_schedule(step, total_steps)
-        enc = self.encoder(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.activation,
+        W_enc, b_enc, W_dec = self.effective_weights()
+        enc = self.encoder(x, W_enc, b_enc, W_dec, self.b_dec, self.activation,
                            lambda h: self.activation.select(h, k), self.ops)
-        recon: ReconOutput = self.reconstruction(x, enc.active, self.W_dec, self.b_dec, self.ops)
+        recon: ReconOutput = self.reconstruction(x, enc.active, W_dec, self.b_dec, self.ops)
         terms: dict[str, Tensor] = {
             "reconstruction": sum(self.reduce(level) for level in recon.level_losses),
             "sparsity": self.activation.penalty(enc.pre, enc.active.values, enc.active.latents, x.shape[0]),
         }
-        ctx = LossContext(x, enc, recon, dead_mask, self.W_enc, self.b_enc, self.W_dec, self.ops)
+        ctx = LossContext(x, enc, recon, dead_mask, W_enc, b_enc, W_dec, self.ops)
         for name, term in self.loss_terms.items():
             terms[name] = term(ctx)
         loss = sum(terms.values())
@@ -112,26 +126,39 @@ class SparseCoder(nn.Module):
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
-        """Project decoder rows back to unit norm; call after each optimizer step."""
-        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        """Project decoder rows back to unit norm; call after each optimizer step ('rescale': no-op)."""
+        if not self.rescale:
+            self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def fold_decoder_norm(self) -> None:
+        """Move the decoder row norms into W_enc and b_enc (same function; unit rows after), as
+        sae-lens does when it saves a rescaled SAE. A no-op for projected decoders."""
+        W_enc, b_enc, W_dec = self.effective_weights()
+        self.W_enc.copy_(W_enc)
+        self.b_enc.copy_(b_enc)
+        self.W_dec.copy_(W_dec)
 
     @torch.no_grad()
     def init_b_dec(self, x: Tensor) -> None:
-        """Start b_dec at the data mean (a cheap stand-in for the geometric median)."""
-        self.b_dec.copy_(x.mean(0) if world() == 1 else all_sum(x.sum(0)) / (x.shape[0] * world()))
+        """Start b_dec at the data mean (a cheap stand-in for the geometric median), unless the
+        recipe says 'zeros' (sae-lens)."""
+        if self.recipe.b_dec_init == "data_mean":
+            self.b_dec.copy_(x.mean(0) if world() == 1 else all_sum(x.sum(0)) / (x.shape[0] * world()))
 
     # -- inference --------------------------------------------------------------------------
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Active:
         """Inference code: fitted threshold for BatchTopK, refinement if LISTA, LOO pruning if set."""
-        enc = self.encoder(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.activation,
+        W_enc, b_enc, W_dec = self.effective_weights()
+        enc = self.encoder(x, W_enc, b_enc, W_dec, self.b_dec, self.activation,
                            lambda h: self.activation.select_inference(h, self.k), SparseOps)
-        return self.pruner(x, enc.active, self.W_dec, self.b_dec)
+        return self.pruner(x, enc.active, W_dec, self.b_dec)
 
     @torch.no_grad()
     def decode(self, active: Active) -> Tensor:
-        return self.b_dec + SparseOps.decode(active.selection, active.values, self.W_dec)
+        return self.b_dec + SparseOps.decode(active.selection, active.values, self.effective_weights()[2])
 
     @torch.no_grad()
     def encode_dense(self, x: Tensor) -> Tensor:
@@ -145,7 +172,9 @@ class SparseCoder(nn.Module):
 
     @torch.no_grad()
     def state_for_saving(self) -> SavedForm:
-        """Weights in the closest sae-lens inference architecture (see `saving.py`)."""
+        """Weights in the closest sae-lens inference architecture (see `saving.py`); folds the decoder
+        norms in first, so the saved rows (and `W_dec` of the coder itself) are unit norm."""
+        self.fold_decoder_norm()
         tensors = {name: getattr(self, name).detach().clone().contiguous() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
         act = self.activation
         if isinstance(act, BatchTopK):
