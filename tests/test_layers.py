@@ -93,3 +93,20 @@ def test_config_is_the_bottom_layer() -> None:
 def test_cycle_finder_finds_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+HEAVY_AT_RUN_ONLY = ("sae_lens", "transformer_lens", "sklearn")
+"""Libraries a stage loads when it runs; `pipeline plan`, the SLURM submitter and every torchrun rank's
+start-up never need them (they take seconds to import, and the GPU machine may not have them)."""
+
+
+def test_plan_loads_no_heavy_library(tmp_path: Path) -> None:
+    """`pipeline plan` of a language-model run and of a synthetic suite, in a fresh interpreter."""
+    code = (
+        "import sys\nfrom pipeline import cli\n"
+        f"for name in ('default', 'synth_small'):\n    assert cli.main(['plan', name, '--artifacts', {str(tmp_path)!r}]) == 0\n"
+        f"print('loaded:' + ','.join(sorted(m for m in {HEAVY_AT_RUN_ONLY!r} if m in sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = proc.stdout.strip().splitlines()[-1].removeprefix("loaded:")
+    assert loaded == "", f"`pipeline plan` imported {loaded}: import it inside the stage's run instead"

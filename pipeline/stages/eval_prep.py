@@ -21,8 +21,7 @@ from pipeline.dag import Stage
 from pipeline.fsutil import atomic_write_json
 from pipeline.kinds import StageKind
 from pipeline.stages.context import StageContext
-from pipeline.synthetic.model import load_model
-from pipeline.synthetic.stages import spec_of
+from pipeline.synthetic.stages import load_synthetic_model, spec_of
 
 TENSORS = "tensors"
 META = "meta.json"
@@ -49,7 +48,7 @@ def env_for(ctx: StageContext, label: str = "") -> EvalEnv:
         cfg.name,
         data=cfg.data,
         synthetic=spec_of(ctx.stage) if synth is not None else None,
-        synthetic_loader=None if synth is None else (lambda: load_model(synth)),
+        synthetic_loader=None if synth is None else (lambda: load_synthetic_model(ctx)),
     )
 
 

@@ -17,17 +17,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from sae_lens.synthetic import (
-    SyntheticModel,
-    SyntheticModelConfig,
-    ZipfianFiringProbabilityConfig,
-)
-from sae_lens.synthetic.synthetic_model import SYNTHETIC_MODEL_CONFIG_FILENAME
 
 from pipeline.config.synthetic import SyntheticSpec
+
+if TYPE_CHECKING:  # sae-lens loads with the first model built, not with the plan (it takes seconds)
+    from sae_lens.synthetic import SyntheticModel, SyntheticModelConfig
 
 MODEL_DIR = "model"
 """Subfolder of a `synthetic_model` artifact holding `SyntheticModel.save` output."""
@@ -65,6 +62,8 @@ def _keys_form(spec: SyntheticSpec) -> dict[str, Any]:
 def model_config(spec: SyntheticSpec) -> SyntheticModelConfig:
     """The sae-lens config a spec describes, validated by sae-lens's own classes: a value they refuse is
     a one-line `ValueError` naming the field (`synthetic.sae_lens.hierarchy: ...`)."""
+    from sae_lens.synthetic import SyntheticModelConfig, ZipfianFiringProbabilityConfig
+
     if spec.saved is not None:
         return saved_config(Path(spec.saved))
     prefix, d = ("synthetic.sae_lens", dict(spec.sae_lens)) if spec.sae_lens is not None else ("synthetic", _keys_form(spec))
@@ -92,6 +91,9 @@ def _one_line(e: BaseException) -> str:
 
 def saved_config(folder: Path) -> SyntheticModelConfig:
     """The config of a model `SyntheticModel.save` wrote into `folder`."""
+    from sae_lens.synthetic import SyntheticModelConfig
+    from sae_lens.synthetic.synthetic_model import SYNTHETIC_MODEL_CONFIG_FILENAME
+
     path = folder / SYNTHETIC_MODEL_CONFIG_FILENAME
     if not path.is_file():
         raise ValueError(f"synthetic.saved: {folder} holds no {SYNTHETIC_MODEL_CONFIG_FILENAME} (not a saved SyntheticModel)")
@@ -106,6 +108,8 @@ def device() -> str:
 
 def build_model(spec: SyntheticSpec, on: str | None = None) -> SyntheticModel:
     """The model a spec names: built by sae-lens, or (`saved`) loaded as it was saved."""
+    from sae_lens.synthetic import SyntheticModel
+
     if spec.saved is not None:
         saved_config(Path(spec.saved))
         return SyntheticModel.load_from_disk(spec.saved, device=on or device())
@@ -114,6 +118,8 @@ def build_model(spec: SyntheticSpec, on: str | None = None) -> SyntheticModel:
 
 def load_model(artifact: Path, on: str | None = None) -> SyntheticModel:
     """The model saved in a `synthetic_model` artifact folder."""
+    from sae_lens.synthetic import SyntheticModel
+
     return SyntheticModel.load_from_disk(artifact / MODEL_DIR, device=on or device())
 
 
