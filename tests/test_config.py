@@ -132,7 +132,7 @@ def test_recipe_pieces_need_the_saepipe_trainer() -> None:
     cfg = tiny_config()
     cfg["saes"][0] |= {"trainer": "sae_lens", "recipe": {"lista": {"eta": 0.3}}}
     [line] = problems_of(cfg)
-    assert "trainer 'sae_lens' trains plain BatchTopK only" in line and "['lista']" in line
+    assert "trainer 'sae_lens' trains topk, batchtopk (+ matryoshka) and jumprelu without extra pieces" in line and "['lista']" in line
 
 
 def test_matryoshka_levels_must_end_at_d_sae() -> None:

@@ -59,10 +59,15 @@ class SAESpec(Strict):
     """One SAE (trained once per seed): a recipe, a width, a sparsity and an optimiser setting."""
 
     name: str = Field(pattern=NAME_RE)
-    trainer: Literal["saepipe", "sae_lens"] = "saepipe"
+    trainer: Literal["saepipe", "sae_lens", "pca", "random"] = "saepipe"
     """'saepipe': our sparse-decoder trainer with every recipe piece; 'sae_lens': sae-lens's own
-    BatchTopKTrainingSAE (plain BatchTopK only), the reference implementation."""
+    training SAE for the recipe (topk, batchtopk, batchtopk + matryoshka, jumprelu) at sae-lens's
+    defaults except what the config writes, the reference; 'pca' / 'random': baselines, not trained
+    (principal directions of the training rows / a seeded random SAE), saved as TopK SAEs at k."""
     recipe: RecipeSpec = RecipeSpec()
+    sae_lens_config: dict[str, Any] = Field(default_factory=dict)
+    """trainer sae_lens: fields of sae-lens's training-SAE config to set, by sae-lens's names, for
+    settings the recipe has no knob for (e.g. {jumprelu_sparsity_loss_mode: tanh})."""
     d_sae: PositiveInt
     k: PositiveInt
     lr: PositiveFloat = 3e-4
@@ -88,19 +93,58 @@ class SAESpec(Strict):
         r = self.recipe
         if r.matryoshka is not None and r.matryoshka.levels[-1] != self.d_sae:
             raise ValueError(f"recipe.matryoshka.levels must end at d_sae={self.d_sae}, got {list(r.matryoshka.levels)}")
-        extras = [p for p in ("matryoshka", "lista", "k_anneal", "term", "orthogonality", "loo") if getattr(r, p) is not None]
-        if self.trainer == "sae_lens" and self.ops != "auto":
-            raise ValueError(f"ops {self.ops!r} applies to trainer saepipe only; sae_lens has its own")
-        if self.trainer == "sae_lens" and (r.activation != "batchtopk" or extras):
-            raise ValueError(
-                f"trainer 'sae_lens' trains plain BatchTopK only (got activation {r.activation!r}, pieces {extras}); "
-                "use trainer: saepipe"
-            )
+        if self.trainer != "saepipe" and self.ops != "auto":
+            raise ValueError(f"ops {self.ops!r} applies to trainer saepipe only; {self.trainer} has its own")
+        if self.sae_lens_config and self.trainer != "sae_lens":
+            raise ValueError(f"sae_lens_config applies to trainer sae_lens only, not {self.trainer!r}; remove it")
+        if self.trainer == "sae_lens":
+            _reference_can_train(r)
+        if self.trainer in BASELINES and r.model_fields_set - {"aux_k"}:
+            raise ValueError(f"trainer {self.trainer!r} is a baseline and takes no recipe; remove recipe or use trainer: saepipe")
         return self
 
     def identity(self) -> dict[str, Any]:
-        """What makes two specs train the same SAE (everything but the name and the seeds)."""
-        return self.model_dump(exclude={"name", "seeds"})
+        """What makes two specs train the same SAE (everything but the name and the seeds).
+
+        For trainer sae_lens an unwritten setting means "sae-lens's default", not ours, so the recipe
+        keeps only its written fields and an unwritten dead_after_tokens is left out: the train stage
+        reads these params and can tell the two apart."""
+        if self.trainer != "sae_lens":
+            return self.model_dump(exclude={"name", "seeds", "sae_lens_config"})  # empty: keys as before it existed
+        unwritten = {"name", "seeds", "recipe"} | ({"dead_after_tokens"} - self.model_fields_set)
+        return self.model_dump(exclude=unwritten) | {"recipe": self.recipe.model_dump(exclude_unset=True)}
+
+
+BASELINES = ("pca", "random")
+REFERENCE_PIECES = ("lista", "k_anneal", "term", "orthogonality", "loo")
+"""Recipe pieces sae-lens has no counterpart for."""
+
+
+def _written_as(spec: Any, field: str, value: Any) -> bool:
+    return field in spec.model_fields_set and getattr(spec, field) == value
+
+
+def _reference_can_train(r: RecipeSpec) -> None:
+    """Refuse a written recipe field that sae-lens's training SAEs have no setting for."""
+    extras = [p for p in REFERENCE_PIECES if getattr(r, p) is not None]
+    if r.activation == "relu_l1" or extras:
+        raise ValueError(
+            f"trainer 'sae_lens' trains topk, batchtopk (+ matryoshka) and jumprelu without extra pieces "
+            f"(got activation {r.activation!r}, pieces {extras}); use trainer: saepipe"
+        )
+    no_counterpart = {
+        "matryoshka with a non-batchtopk activation": r.matryoshka is not None and r.activation != "batchtopk",
+        "matryoshka.detach_inner / order_by_frequency / frequency_ema": r.matryoshka is not None
+        and bool(r.matryoshka.model_fields_set - {"levels"}),
+        "batchtopk.threshold per_latent (sae-lens fits one global threshold)": _written_as(r.batchtopk, "threshold", "per_latent"),
+        "aux_k.scale_by_dead false (sae-lens: true)": r.aux_k is not None and _written_as(r.aux_k, "scale_by_dead", False),
+        "aux_k.relu true (sae-lens: false)": r.aux_k is not None and _written_as(r.aux_k, "relu", True),
+        "decoder.norm with jumprelu (sae-lens's JumpReLU has no decoder-norm handling)": r.activation == "jumprelu"
+        and "norm" in r.decoder.model_fields_set,
+    }
+    bad = [what for what, refused in no_counterpart.items() if refused]
+    if bad:
+        raise ValueError(f"trainer 'sae_lens' has no setting for recipe {bad[0]}; remove it or use trainer: saepipe")
 
 
 class PipelineConfig(Strict):

@@ -1,10 +1,11 @@
-"""The two SAE implementations the `train` stage can drive, behind one small interface.
+"""The SAE implementations the `train` stage's loop can drive, behind one small interface.
 
 - ``saepipe``: :class:`pipeline.recipes.coder.SparseCoder`, every recipe piece, sparse decoder.
-- ``sae_lens``: sae-lens's own ``BatchTopKTrainingSAE``, the reference implementation.
+- ``sae_lens``: sae-lens's own training SAE for the recipe, the reference (``reference.py``).
 
 Both give (loss, metrics, per-latent firing counts) per batch and save in the sae-lens format, so the
-training loop, its checkpoints and everything downstream are the same for both.
+training loop, its checkpoints and everything downstream are the same for both. (The baselines,
+``pca`` and ``random``, skip the loop: ``baselines.py``.)
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import torch
-from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
-from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 
 from pipeline.config.recipe import RecipeSpec
 from pipeline.recipes.coder import build_coder
-from pipeline.recipes.collective import world
-from pipeline.recipes.saving import save_coder
+
+ADAM_BETAS = (0.9, 0.999)
+"""The loop's Adam betas, sae-lens's defaults (SAETrainerConfig.adam_beta1/2)."""
+GRAD_CLIP = 1.0
+"""The loop's grad-norm clip, as sae-lens's SAETrainer (fixed there too)."""
 
 
 class StepResult(NamedTuple):
@@ -37,6 +39,10 @@ class Trainable(Protocol):
 
     def step(self, x: torch.Tensor, step: int, n_steps: int, dead_mask: torch.Tensor) -> StepResult: ...
     def after_optimizer_step(self) -> None: ...
+    def differences(self, lr: float, dead_window_steps: float, autocast: bool) -> dict[str, list[Any]]:
+        """{setting: [ours, sae-lens default]} wherever this training differs from sae-lens's."""
+        ...
+
     def save(self, folder: Path, metadata: dict[str, Any]) -> None: ...
 
 
@@ -57,48 +63,35 @@ class RecipeTrainable:
     def after_optimizer_step(self) -> None:
         self.module.normalize_decoder()
 
+    def differences(self, lr: float, dead_window_steps: float, autocast: bool) -> dict[str, list[Any]]:
+        from pipeline.training.reference import saepipe_differences
+
+        m = self.module
+        return saepipe_differences(m.recipe, m.d_in, m.d_sae, m.k, lr, dead_window_steps, autocast)
+
     def save(self, folder: Path, metadata: dict[str, Any]) -> None:
+        from pipeline.recipes.saving import save_coder  # imports sae_lens
+
         save_coder(self.module.cpu(), folder, metadata)
 
 
-class SaeLensTrainable:
-    """sae-lens's BatchTopK SAE, stepped exactly as sae-lens's trainer steps it (one process only:
-    its batch-global top-k and threshold live inside sae-lens, out of reach of the all-reduces)."""
-
-    ops = "sae_lens"
-
-    def __init__(self, recipe: RecipeSpec, d_in: int, d_sae: int, k: int, seed: int, device: torch.device, ops: str):
-        if world() > 1:
-            raise ValueError("trainer 'sae_lens' trains in one process only; use trainer: saepipe for multi-GPU data parallel")
-        torch.manual_seed(seed)
-        aux = recipe.aux_k.coefficient if recipe.aux_k else 0.0
-        cfg = BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, aux_loss_coefficient=aux, dtype="float32", device="cpu")
-        self.module = BatchTopKTrainingSAE(cfg).to(device)
-        self.module.cfg.device = str(device)
-
-    def step(self, x: torch.Tensor, step: int, n_steps: int, dead_mask: torch.Tensor) -> StepResult:
-        out = self.module.training_forward_pass(
-            TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead_mask, n_training_steps=step, is_logging_step=False)
-        )
-        with torch.no_grad():
-            stats: dict[str, torch.Tensor | float] = {f"loss/{k}": v.detach() for k, v in out.losses.items()}
-            stats |= {"loss": out.loss.detach(), "mse": out.losses["mse_loss"].detach()}
-            fired = (out.feature_acts > 0).sum(0)
-        return StepResult(out.loss, stats, fired)
-
-    def after_optimizer_step(self) -> None:
-        """sae-lens rescales activations by the decoder norm; no projection needed."""
-
-    def save(self, folder: Path, metadata: dict[str, Any]) -> None:
-        self.module.cpu()
-        self.module.cfg.device = "cpu"
-        self.module.cfg.metadata = SAEMetadata(**metadata)
-        self.module.save_inference_model(folder)
-
-
 def build_trainable(
-    trainer: str, recipe: RecipeSpec, d_in: int, d_sae: int, k: int, seed: int, device: torch.device, ops: str
+    trainer: str,
+    recipe: RecipeSpec,
+    d_in: int,
+    d_sae: int,
+    k: int,
+    seed: int,
+    device: torch.device,
+    ops: str,
+    sae_lens_config: dict[str, Any] | None = None,
 ) -> Trainable:
-    """The trainer's SAE, initialised from `seed` on the CPU (same weights on every device), on `device`."""
-    cls = {"saepipe": RecipeTrainable, "sae_lens": SaeLensTrainable}[trainer]
-    return cls(recipe, d_in, d_sae, k, seed, device, ops)
+    """The trainer's SAE, initialised from `seed` on the CPU (same weights on every device), on `device`.
+    `sae_lens_config`: sae-lens config fields the run sets explicitly (trainer sae_lens only)."""
+    if trainer == "sae_lens":
+        from pipeline.training.reference import SaeLensTrainable
+
+        return SaeLensTrainable(recipe, d_in, d_sae, k, seed, device, sae_lens_config or {})
+    if trainer != "saepipe":
+        raise ValueError(f"trainer {trainer!r} has no training loop; choose saepipe or sae_lens")
+    return RecipeTrainable(recipe, d_in, d_sae, k, seed, device, ops)
