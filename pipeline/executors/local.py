@@ -1,7 +1,8 @@
 """The local executor: run the plan in topological order in this process, skipping complete stages.
 
 What to do with each stage (skip, recompute a corrupt artifact, redo a stale one, resume, run) is
-``pipeline.state``'s policy, shared with the SLURM executor. A failing stage does not stop independent
+``pipeline.state``'s policy, shared with the SLURM executor. The evals of one kind over several SAEs run
+back to back (``pipeline.executors.groups``), sharing the process's loaded model. A failing stage does not stop independent
 stages; its dependents are skipped and the run ends with a non-zero status listing what failed. A stage
 another process is computing right now (its lock is held) is skipped, with its dependents, and is not
 a failure: that process commits it.
@@ -18,6 +19,7 @@ from pathlib import Path
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import PipelineConfig
 from pipeline.dag import Stage, downstream
+from pipeline.executors.groups import local_order
 from pipeline.executors.stage_runner import execute
 from pipeline.progress import Reporter
 from pipeline.stages.registry import kind_of
@@ -39,7 +41,7 @@ def run_local(
     failed: set[str] = set()
     elsewhere: set[str] = set()  # being computed by another process, or waiting on such a stage
     outcomes = []
-    for stage in stages:
+    for stage in local_order(stages):  # like evals back to back: one model in memory at a time
         if stage.label not in forced and stage_state(store, stage) == "done":
             outcomes.append(Outcome(stage, "cached"))
             continue

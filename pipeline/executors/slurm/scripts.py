@@ -1,5 +1,7 @@
 """The batch scripts: which stages go out together (one job, or one array per family of like stages),
 with which ``#SBATCH`` resources, and the script text that makes a job run ``pipeline run-stage``.
+A job (or array task) runs one stage, or a group of like evals in one process
+(``pipeline.executors.groups``, ``executor.slurm.eval_group_size``).
 
 Apart from submission so that ``--dry-run`` writes exactly the scripts a real run would submit.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import PipelineConfig, SlurmResources
 from pipeline.dag import Stage
+from pipeline.executors.groups import grouped
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 MAX_ARRAY = 1000  # SLURM's default MaxArraySize is 1001 (task ids 0..1000)
@@ -64,10 +67,11 @@ def _safe(label: str) -> str:
 
 @dataclass
 class Family:
-    """Stages submitted together: one job, or one array with a task per stage."""
+    """Stages submitted together: one job, or one array with a task per group; each task runs its
+    group's stages in one process."""
 
     kind: str
-    stages: list[Stage]
+    tasks: list[list[Stage]]
     name: str
     script: Path
     log_pattern: str
@@ -76,8 +80,12 @@ class Family:
     job_id: str | None = None
 
     @property
+    def stages(self) -> list[Stage]:
+        return [s for task in self.tasks for s in task]
+
+    @property
     def is_array(self) -> bool:
-        return len(self.stages) > 1
+        return len(self.tasks) > 1
 
     def log_for(self, job_id: str, task: int | None) -> str:
         return self.log_pattern.replace("%A", job_id).replace("%a", str(task)).replace("%j", job_id)
@@ -94,18 +102,20 @@ def render_script(cfg: PipelineConfig, fam: Family, config_path: Path, store: Ar
         *fam.resources,
     ]
     if fam.is_array:
-        directives.append(f"--array=0-{len(fam.stages) - 1}")
+        directives.append(f"--array=0-{len(fam.tasks) - 1}")
     lines = ["#!/bin/bash", f"# saepipe: {cfg.name}, {len(fam.stages)} {fam.kind} stage(s). Generated; edits are overwritten."]
     lines += [f"#SBATCH {d}" for d in directives]
     lines += ["", "set -euo pipefail"]
+    keys = [" ".join(s.key for s in task) for task in fam.tasks]  # a group's keys, space-separated
+    labels = [" ".join(s.label for s in task) for task in fam.tasks]
     if fam.is_array:
-        lines.append("KEYS=(" + " ".join(s.key for s in fam.stages) + ")")
-        lines.append("LABELS=(" + " ".join(shlex.quote(s.label) for s in fam.stages) + ")")
+        lines.append("KEYS=(" + " ".join(shlex.quote(k) for k in keys) + ")")
+        lines.append("LABELS=(" + " ".join(shlex.quote(label) for label in labels) + ")")
         lines.append('KEY=${KEYS[$SLURM_ARRAY_TASK_ID]}')
         lines.append('LABEL=${LABELS[$SLURM_ARRAY_TASK_ID]}')
     else:
-        lines.append(f"KEY={fam.stages[0].key}")
-        lines.append(f"LABEL={shlex.quote(fam.stages[0].label)}")
+        lines.append(f"KEY={shlex.quote(keys[0])}")
+        lines.append(f"LABEL={shlex.quote(labels[0])}")
     python = shlex.quote(sys.executable)
     config, root = shlex.quote(str(config_path)), shlex.quote(str(store.root))
     lines += [
@@ -115,22 +125,24 @@ def render_script(cfg: PipelineConfig, fam: Family, config_path: Path, store: Ar
         "export PYTHONUNBUFFERED=1",
         'echo "saepipe: $LABEL ($KEY) job ${SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+ (array ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID})} '
         'on $(hostname) at $(date -Is)"',
-        stage_command(cfg, fam.kind, python, config, root),
+        stage_command(cfg, fam.kind, python, config, root, grouped=max(map(len, fam.tasks)) > 1),
     ]
     return "\n".join(lines) + "\n"
 
 
-def stage_command(cfg: PipelineConfig, kind: str, python: str, config: str, root: str) -> str:
+def stage_command(cfg: PipelineConfig, kind: str, python: str, config: str, root: str, grouped: bool = False) -> str:
     """What the job execs. A train stage given several GPUs trains data-parallel: torchrun starts one
     rank per GPU, rank 0 being an ordinary ``run-stage`` (lock, resume, commit) and the others joining
-    its loop (``pipeline.training.worker``). ``exec`` keeps the job's SIGTERM warning reaching the ranks."""
+    its loop (``pipeline.training.worker``). ``exec`` keeps the job's SIGTERM warning reaching the ranks.
+    ``grouped``: ``$KEY`` holds several keys (hex, so splitting it on spaces is safe), run in one process."""
     gpus = cfg.executor.slurm.resources(kind).gpus or 0
     if kind == "train" and gpus > 1:
         return (
             f"exec srun --ntasks=1 {python} -m torch.distributed.run --standalone --nproc_per_node {gpus} "
             f'-m pipeline.training.worker {config} "$KEY" --artifacts {root}'
         )
-    return f'exec {python} -m pipeline.job run-stage {config} "$KEY" --artifacts {root} --quiet'
+    keys = "$KEY" if grouped else '"$KEY"'
+    return f"exec {python} -m pipeline.job run-stage {config} {keys} --artifacts {root} --quiet"
 
 
 
@@ -142,32 +154,32 @@ def _depths(stages: list[Stage]) -> dict[str, int]:
 
 
 def plan_families(cfg: PipelineConfig, stages: list[Stage], to_submit: list[Stage], folder: Path) -> list[Family]:
-    """Group the stages to submit: with ``arrays``, one array per (depth in the DAG, kind), cut at
-    ``MAX_ARRAY``; otherwise one job per stage. In dependency order."""
+    """Group the stages to submit into tasks (a stage alone, or up to ``eval_group_size`` like evals in one
+    process); with ``arrays``, one array per (depth in the DAG, kind) with a task per group, cut at
+    ``MAX_ARRAY``; otherwise one job per task. In dependency order."""
     spec = cfg.executor.slurm
     depth = _depths(stages)
-    groups: dict[tuple[int, str], list[Stage]] = {}
+    by_depth: dict[tuple[int, str], list[Stage]] = {}
     for s in to_submit:
-        if spec.arrays:
-            groups.setdefault((depth[s.key], s.kind), []).append(s)
-        else:
-            groups[(depth[s.key], s.label)] = [s]
+        by_depth.setdefault((depth[s.key], s.kind), []).append(s)
     families = []
-    for (_, _), members in sorted(groups.items(), key=lambda kv: kv[0][0]):
-        kind = members[0].kind
-        chunks = [members[i : i + MAX_ARRAY] for i in range(0, len(members), MAX_ARRAY)]
-        for n, chunk in enumerate(chunks):
+    for (_, kind), members in sorted(by_depth.items(), key=lambda kv: kv[0][0]):
+        tasks = grouped(members, spec.eval_group_size)
+        jobs = [tasks[i : i + MAX_ARRAY] for i in range(0, len(tasks), MAX_ARRAY)] if spec.arrays else [[t] for t in tasks]
+        for n, chunk in enumerate(jobs):
             if len(chunk) > 1:
-                base = kind + (f"-{n}" if len(chunks) > 1 else "")
-                log = str(folder / "logs" / f"{base}-%A_%a.log")
+                base = kind + (f"-{n}" if len(jobs) > 1 else "")
+                name, log = base, str(folder / "logs" / f"{base}-%A_%a.log")
             else:
-                base = _safe(chunk[0].label)
+                first, size = chunk[0][0], len(chunk[0])
+                name = first.label + (f"+{size - 1}" if size > 1 else "")  # a group: its first SAE's, and how many more
+                base = _safe(name)
                 log = str(folder / "logs" / f"{base}-%j.log")
             families.append(
                 Family(
                     kind=kind,
-                    stages=chunk,
-                    name=f"saepipe-{cfg.name}-{base if len(chunk) > 1 else chunk[0].label}",
+                    tasks=chunk,
+                    name=f"saepipe-{cfg.name}-{name}",
                     script=folder / "scripts" / f"{base}.sbatch",
                     log_pattern=log,
                     resources=resource_lines(spec.resources(kind)),

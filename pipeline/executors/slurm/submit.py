@@ -1,5 +1,6 @@
 """Submission: decide which stages need a job, submit them with ``sbatch`` and the DAG's
-``--dependency=afterok`` edges, record every job, and with ``--wait`` watch them to the end.
+``--dependency=afterok`` edges, record every job, and with ``--wait`` watch them to the end. A group of
+like evals shares a job (or array task); each of its stages is recorded under that job.
 
 What a stage's artifact needs (skip / recompute / resume / ``--force``) is ``pipeline.state``'s policy,
 the same the local executor follows; what this module adds is the scheduler's side: a stage whose
@@ -204,8 +205,9 @@ def _link(families: list[Family], reused: dict[str, str]) -> None:
     job already queued or running."""
     where: dict[str, tuple[int, int | None]] = {}  # key -> (family index, task)
     for i, fam in enumerate(families):
-        for t, s in enumerate(fam.stages):
-            where[s.key] = (i, t if fam.is_array else None)
+        for t, task in enumerate(fam.tasks):
+            for s in task:
+                where[s.key] = (i, t if fam.is_array else None)
     for fam in families:
         deps: list[str] = []
         for s in fam.stages:
@@ -226,18 +228,23 @@ def _describe(dep: str, families: list[Family]) -> str:
     return families[int(idx)].name + (f"[{task}]" if task else "")
 
 
+def _members(fam: Family) -> str:
+    """What a job runs: its stages, a group's joined by '+' (one process), an array's tasks by ','."""
+    names = ", ".join(" + ".join(s.label for s in task) for task in fam.tasks)
+    if fam.is_array:
+        return f"array of {len(fam.tasks)}: {names}"
+    return f"group of {len(fam.stages)} in one process: {names}" if len(fam.stages) > 1 else names
+
+
 def _print_dry_run(cfg: PipelineConfig, families: list[Family], n_stages: int) -> None:
     table = Table(title=f"{cfg.name}: {len(families)} SLURM job(s) for {n_stages} stage(s) (dry run: nothing submitted)")
     for col in ("job", "stages", "resources", "after"):
         table.add_column(col)
     for fam in families:
-        names = ", ".join(s.label for s in fam.stages)
-        if fam.is_array:
-            names = f"array of {len(fam.stages)}: {names}"
-        table.add_row(fam.name, names, " ".join(fam.resources), ", ".join(_describe(d, families) for d in fam.deps) or "-")
+        table.add_row(fam.name, _members(fam), " ".join(fam.resources), ", ".join(_describe(d, families) for d in fam.deps) or "-")
     console.print(table)
-    for fam in families:
-        console.print(f"script: {fam.script}", soft_wrap=True, markup=False)
+    for fam in families:  # unwrapped, for the eye and for grep
+        console.print(f"script: {fam.script} ({_members(fam)})", soft_wrap=True, markup=False)
 
 
 def _compress(refs: list[str], array_sizes: dict[str, int]) -> list[str]:
@@ -283,9 +290,9 @@ def _sbatch_all(
         job_id, cmd = _sbatch(fam.script, refs)
         fam.job_id = job_id
         if fam.is_array:
-            array_sizes[job_id] = len(fam.stages)
+            array_sizes[job_id] = len(fam.tasks)
         now = _now()
-        for t, s in enumerate(fam.stages):
+        for t, s in ((t, s) for t, members in enumerate(fam.tasks) for s in members):
             task = t if fam.is_array else None
             old = jobs.get(s.key)
             previous = (old.pop("previous", []) + [old]) if old else []
@@ -306,7 +313,7 @@ def _sbatch_all(
             {"job_id": job_id, "name": fam.name, "array": fam.is_array, "keys": [s.key for s in fam.stages],
              "labels": [s.label for s in fam.stages], "command": shlex.join(cmd)}
         )
-        shown = f"array {job_id} ({len(fam.stages)} tasks)" if fam.is_array else f"job {job_id}"
+        shown = f"array {job_id} ({len(fam.tasks)} tasks)" if fam.is_array else f"job {job_id}"
         after = f" after {':'.join(refs)}" if refs else ""
         console.print(f"submitted {fam.name}: {shown}{after}", soft_wrap=True, markup=False)
         atomic_write_json(jobs_path(cfg, store), jobs)
