@@ -3,7 +3,9 @@
 One row per SAE, seed and eval variant (``+loo`` for leave-one-out inference). Seeds of one spec are
 then summarised as mean, std and a 95% interval (t distribution), and every spec is compared with the
 best one on each metric by Welch's t-test over seeds: a value marked ``≈`` is within noise of the best
-(p ≥ 0.05, or fewer than two seeds on a side, where no claim can be made).
+(p ≥ 0.05, or fewer than two seeds on a side, where no claim can be made). Baselines (trainers ``pca``
+and ``random``) are shown in every table, marked, and never win (``report_stats``). Each SAE's training
+curves come from its train artifact's log (``report_curves``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,23 @@ from typing import Any
 from pipeline import disk
 from pipeline.fsutil import atomic_write_json
 from pipeline.kinds import StageKind
-from pipeline.stages import report_html, report_suite
+from pipeline.stages import report_curves, report_examples, report_html, report_suite
 from pipeline.stages.context import StageContext
-from pipeline.stages.report_stats import interval95, within_noise
+from pipeline.stages.report_curves import reduce_log
+from pipeline.stages.report_facts import (
+    FACTS,
+    baselines_text,
+    differs_text,
+    train_facts,
+)
+from pipeline.stages.report_stats import (
+    L0_TOLERANCE,
+    best_by_metric,
+    interval95,
+    l0_mismatch,
+    marks,
+    within_noise,
+)
 
 Metrics = dict[str, float]
 
@@ -30,7 +46,8 @@ def collect(ctx: StageContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows (one per SAE × seed × variant) and run-level results (e.g. the probe baseline)."""
     trains: dict[str, dict[str, Any]] = {}
     evals: dict[tuple[str, str], dict[str, Any]] = {}
-    run_level: dict[str, Any] = {"missing_inputs": [], "groups": {}, "data_sources": {}, "better": {}, "headline": []}
+    run_level: dict[str, Any] = {"missing_inputs": [], "groups": {}, "data_sources": {}, "better": {}, "headline": [],
+                                 "training_curves": {}}  # fmt: skip
     for label, inp in ctx.stage.inputs.items():
         if not ctx.store.is_complete(inp.kind, inp.key):
             run_level["missing_inputs"].append(label)  # failed or not run: the rest is still reported
@@ -41,8 +58,10 @@ def collect(ctx: StageContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             continue
         sae_id = label.split(":", 1)[1]
         if inp.kind == "train":
-            p = manifest["params"]
-            trains[sae_id] = {"trainer": p["trainer"], "d_sae": p["d_sae"], "k": p["k"], "train_tokens": manifest["summary"]["tokens"]}
+            trains[sae_id] = train_facts(manifest)
+            if "train_log.json" in manifest.get("files", {}):
+                log = json.loads(ctx.store.verified_file(inp.kind, inp.key, "train_log.json").read_text())
+                run_level["training_curves"][sae_id] = reduce_log(log["steps"], manifest["params"]["batch_size"])
             continue
         base, _, variant = sae_id.partition("+")
         reported = ctx.kinds[inp.kind].reported
@@ -54,6 +73,8 @@ def collect(ctx: StageContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             run_level["better"][m] = declared.better
             if declared.headline and m not in run_level["headline"]:
                 run_level["headline"].append(m)
+        if inp.kind == "eval_autointerp" and (examples := report_examples.of_result(result)):
+            run_level.setdefault("tier_examples", {})[sae_id] = examples
         if inp.kind == "eval_core" and result.get("eval_result_details"):  # per-latent density, for the histogram
             run_level.setdefault("feature_density", {})[sae_id] = [d["feature_density"] for d in result["eval_result_details"]]
         evals.setdefault((base, variant), {}).update(metrics)
@@ -83,10 +104,9 @@ def row_names(sae_id: str, variant: str) -> dict[str, Any]:
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
-    facts = {"sae", "spec", "shape", "seed", "trainer", "d_sae", "k", "train_tokens"}
     cols: list[str] = []
     for r in rows:
-        cols += [c for c in r if c not in facts and c not in cols]
+        cols += [c for c in r if c not in FACTS and c not in cols]
     return cols
 
 
@@ -97,35 +117,13 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group = [r for r in rows if r["sae"] == name]
         agg: dict[str, Any] = {"sae": name, "n_seeds": len(group), "seeds": [r["seed"] for r in group]}
         agg |= {k: group[0][k] for k in ("spec", "shape") if k in group[0]}
+        agg["baseline"] = any(r.get("baseline") for r in group)
         for col in metric_columns(group):
             values = [float(r[col]) for r in group if col in r]
             half, std = interval95(values)
             agg[col] = {"mean": statistics.fmean(values), "std": std, "ci95": half, "values": values}
         out.append(agg)
     return out
-
-
-def best_by_metric(agg: list[dict[str, Any]], cols: list[str], better: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The best spec per metric, in the direction its kind declares (none for a metric that is not won)."""
-    best: dict[str, dict[str, Any]] = {}
-    for col in cols:
-        direction = better.get(col)
-        scored = [a for a in agg if col in a]
-        if direction is not None and scored:
-            best[col] = (max if direction == "higher" else min)(scored, key=lambda a: a[col]["mean"])
-    return best
-
-
-L0_TOLERANCE = 0.05
-"""Recipes are compared at matched L0: a spec whose mean L0 is further than this from the best's is marked."""
-
-
-def l0_mismatch(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """True when both have an L0 and they differ by more than ``L0_TOLERANCE`` of the larger."""
-    if "l0" not in a or "l0" not in b:
-        return False
-    x, y = a["l0"]["mean"], b["l0"]["mean"]
-    return abs(x - y) > L0_TOLERANCE * max(abs(x), abs(y), 1e-12)
 
 
 def seed_cell(a: dict[str, Any], col: str, best: dict[str, dict[str, Any]]) -> str:
@@ -135,21 +133,23 @@ def seed_cell(a: dict[str, Any], col: str, best: dict[str, dict[str, Any]]) -> s
         return ""
     m = a[col]
     cell = f"{m['mean']:.4g} ± {m['ci95']:.2g}" if len(m["values"]) > 1 else f"{m['mean']:.4g}"  # 1 seed: no spread
-    if col in best and best[col] is a:
-        return f"**{cell}**"
-    if col in best and within_noise(m["values"], best[col][col]["values"]):
-        cell += " ≈"
-    if col in best and l0_mismatch(a, best[col]):
-        cell += " †"
-    return cell
+    top, approx, off_l0 = marks(a, col, best)
+    return f"**{cell}**" if top else cell + (" ≈" if approx else "") + (" †" if off_l0 else "")
+
+
+def md_name(a: dict[str, Any]) -> str:
+    """A row's SAE name, italic and tagged when it is a baseline."""
+    return f"*{a['sae']}* (baseline)" if a.get("baseline") else a["sae"]
 
 
 def scoreboard(agg: list[dict[str, Any]], groups: list[tuple[str, list[str]]], better: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per scored metric: the best spec, the specs the seeds cannot tell from it, and those at another L0."""
+    """Per scored metric: the best spec, the specs the seeds cannot tell from it, those at another L0, and
+    each baseline's mean (with whether the best is distinguishable from it)."""
     board = []
     for (shape, shape_agg), (_, cols) in ((s, g) for s in report_suite.by_shape(agg).items() for g in groups):
         for col, top in best_by_metric(shape_agg, cols, better).items():
-            others = [a for a in shape_agg if col in a and a is not top]
+            others = [a for a in shape_agg if col in a and a is not top and not a["baseline"]]
+            baselines = [a for a in shape_agg if col in a and a["baseline"]]
             board.append({
                 "metric": col,
                 **({"shape": shape} if shape else {}),
@@ -157,6 +157,8 @@ def scoreboard(agg: list[dict[str, Any]], groups: list[tuple[str, list[str]]], b
                 "best": top["sae"],
                 "indistinguishable": [a["sae"] for a in others if within_noise(a[col]["values"], top[col]["values"])],
                 "l0_not_matched": [a["sae"] for a in others if l0_mismatch(a, top)],
+                "baselines": {a["sae"]: {"mean": a[col]["mean"], "within_noise_of_best": within_noise(a[col]["values"], top[col]["values"])}
+                              for a in baselines},
             })  # fmt: skip
     return board
 
@@ -178,13 +180,19 @@ def markdown(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], ru
         lines += ["**Incomplete:** these stages failed or did not run, so their results are missing below: "
                   + ", ".join(f"`{m}`" for m in run_level["missing_inputs"])
                   + ". Run the same command again to retry them alone.", ""]  # fmt: skip
-    lines += ["## SAEs", "", "| " + " | ".join(fact_cols) + " |", "|" + "---|" * len(fact_cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in fact_cols) + " |" for r in rows]
-    lines += ["", "## Scoreboard", "", "Best spec per metric; ≈ lists the specs the seeds cannot tell from it (Welch, p ≥ 0.05);",
-              f"† lists the specs whose mean L0 differs from the best's by more than {L0_TOLERANCE:.0%} (not a matched-L0 comparison).", "",
-              "| metric | better | best | ≈ best | † L0 not matched |", "|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {report_suite.metric_at(b)} | {b['better']} | {b['best']} | {', '.join(b['indistinguishable'])} | {', '.join(b['l0_not_matched'])} |"
-              for b in run_level["scoreboard"]]  # fmt: skip
+    lines += ["## SAEs", "", ("Baselines (trainers pca, random) are italic and tagged; they never count as best. "
+                             "*differs from reference*: the settings in which a trainer departs from sae-lens's defaults."), "",
+              "| " + " | ".join(fact_cols) + " | differs from reference |", "|" + "---|" * (len(fact_cols) + 1)]  # fmt: skip
+    lines += ["| " + " | ".join([md_name(r), *(_fmt(r.get(c, "")) for c in fact_cols[1:])])
+              + f" | {differs_text(r.get('differs_from_reference')).replace('|', chr(92) + '|')} |" for r in rows]  # fmt: skip
+    lines += ["", "## Scoreboard", "", "Best spec per metric (baselines excluded); ≈ lists the specs the seeds cannot tell from it",
+              f"(Welch, p ≥ 0.05); † lists the specs whose mean L0 differs from the best's by more than {L0_TOLERANCE:.0%}",
+              "(not a matched-L0 comparison); baselines shows each baseline's mean, ≈ when the best is not distinguishable from it.", "",
+              "| metric | better | best | ≈ best | † L0 not matched | baselines |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {report_suite.metric_at(b)} | {b['better']} | {b['best']} | {', '.join(b['indistinguishable'])} | "
+              f"{', '.join(b['l0_not_matched'])} | {baselines_text(b)} |" for b in run_level["scoreboard"]]  # fmt: skip
+    if run_level.get("training_curves"):
+        lines += ["", *report_curves.markdown(run_level["training_curves"], curve_names(run_level["training_curves"]))]
     if "suite" in run_level:
         lines += ["", *report_suite.markdown(run_level["suite"])]
     for kind, cols in groups:
@@ -194,10 +202,21 @@ def markdown(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], ru
             lines += [f"Data: {source}", ""]
         lines += ["Mean ± 95% interval over seeds (a single seed shows its value: no spread to estimate):", ""]
         lines += ["| sae | seeds | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
-        lines += [f"| {a['sae']} | {a['n_seeds']} | " + " | ".join(seed_cell(a, c, bests[a.get("shape", "")]) for c in cols) + " |" for a in agg]
+        lines += [f"| {md_name(a)} | {a['n_seeds']} | " + " | ".join(seed_cell(a, c, bests[a.get("shape", "")]) for c in cols) + " |" for a in agg]
         lines += ["", "Per seed:", "", "| sae | seed | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
-        lines += [f"| {r['sae']} | {r['seed']} | " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+        lines += [f"| {md_name(r)} | {r['seed']} | " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    if run_level.get("tier_examples"):
+        lines += ["", *report_examples.markdown(run_level["tier_examples"])]
     return "\n".join(lines + ["", "## Notes", "", notes(metric_columns(rows), run_level)]) + "\n"
+
+
+def curve_names(curves: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """Train label id -> (the spec its table rows use, seed)."""
+    out = {}
+    for sae_id in curves:
+        n = row_names(sae_id, "")
+        out[sae_id] = (n["sae"], n["seed"])
+    return out
 
 
 def notes(cols: list[str], run_level: dict[str, Any]) -> str:
@@ -207,6 +226,8 @@ def notes(cols: list[str], run_level: dict[str, Any]) -> str:
         "or fewer than two seeds on a side — then no difference can be claimed.",
         f"†: the spec's mean L0 differs from the best's by more than {L0_TOLERANCE:.0%}, so the two are not compared at",
         "matched sparsity; read the difference as partly a sparsity difference.",
+        "Italic, (baseline): an SAE of trainer pca (principal directions) or random (untrained): a reference point,",
+        "never bold, never counted as better or worse than a trained SAE.",
     ]
     if "probe_baseline" in run_level:
         pb = run_level["probe_baseline"]["metrics"]
@@ -254,11 +275,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if any("shape" in r for r in rows):
         run_level["suite"] = report_suite.summarise(agg, run_level)
     (ctx.out / "report.md").write_text(markdown(run_name, rows, agg, run_level, groups, titles))
+    curves = run_level.get("training_curves") or {}
     cols = metric_columns(rows)
     suite_text = "\n".join(report_suite.markdown(run_level["suite"])) if "suite" in run_level else ""
-    page = report_html.render(run_name, rows, agg, groups, titles, run_level, notes(cols, run_level), suite_text)
+    page = report_html.render(run_name, rows, agg, groups, titles, run_level, notes(cols, run_level), suite_text,
+                              curve_names(curves))  # fmt: skip
     (ctx.out / "report.html").write_text(page)
     run_level.pop("feature_density", None)  # per-latent lists stay in core.json; the summary stays small
+    run_level.pop("tier_examples", None)  # kept in autointerp.json
     atomic_write_json(ctx.out / "summary.json", {"run": run_name, "saes": rows, "by_spec": agg, **run_level})
     return {"saes": len(rows), "missing_inputs": run_level["missing_inputs"]}
 

@@ -1,5 +1,6 @@
 """The report as one self-contained HTML page: tables across SAEs and seeds, and plots as inline SVG
-(no scripts, no network), so it opens offline from a laptop or a cluster's file browser."""
+(no scripts, no network), so it opens offline from a laptop or a cluster's file browser. Every table sits
+in a horizontally scrolling wrapper, so a wide one scrolls instead of being cut off at the page's width."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+
+from pipeline.stages import report_curves, report_examples, report_suite
+from pipeline.stages.report_facts import baselines_text, differs_text
+from pipeline.stages.report_stats import L0_TOLERANCE, best_by_metric, marks
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,7 +27,16 @@ th { background: #f3f3f3; }
 .plots { display: flex; flex-wrap: wrap; gap: 12px; }
 .plots figure { margin: 0; border: 1px solid #eee; }
 .note { color: #555; }
-.wide { overflow-x: auto; }
+.wide { overflow-x: auto; max-width: 100%; }
+.wide table { margin: 0.5em 0; }
+td { white-space: nowrap; }
+td.wrap { white-space: normal; min-width: 16em; text-align: left; }
+pre.note { overflow-x: auto; }
+tr.baseline td { font-style: italic; color: #555; }
+.tag { font-size: 11px; font-style: normal; background: #e8e8e8; border-radius: 3px; padding: 0 4px; margin-left: 4px; }
+.example { margin: 0.4em 0 0.8em; }
+.example code { white-space: pre-wrap; font-size: 12px; }
+mark { background: #ffd54f; font-weight: bold; }
 .warn { background: #fff3cd; border: 1px solid #e0c36c; padding: 6px 10px; }
 """
 
@@ -35,9 +49,12 @@ def _svg(fig: Any) -> str:
     return text[text.index("<svg") :]
 
 
-def _table(header: list[str], body: list[list[str]]) -> str:
+def _table(header: list[str], body: list[list[str]], baseline_rows: list[bool] | None = None) -> str:
+    """Cells are HTML already; rows flagged in ``baseline_rows`` are styled as baselines."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body)
+    flags = baseline_rows or [False] * len(body)
+    rows = "".join(('<tr class="baseline">' if b else "<tr>") + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
+                   for r, b in zip(body, flags))  # fmt: skip
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
 
 
@@ -93,6 +110,25 @@ def _spread(m: dict[str, Any]) -> str:
     return f"{m['mean']:.4g} ± {m['ci95']:.2g} <small>(sd {m['std']:.2g}, {len(m['values'])} seeds)</small>"
 
 
+def _marked(a: dict[str, Any], col: str, best: dict[str, dict[str, Any]]) -> str:
+    """The spread, bold when best; ≈ within noise of the best; † at an L0 not matched to the best's."""
+    if col not in a:
+        return ""
+    top, approx, off_l0 = marks(a, col, best)
+    text = _spread(a[col])
+    return f"<b>{text}</b>" if top else text + (" ≈" if approx else "") + (" †" if off_l0 else "")
+
+
+def _name(r: dict[str, Any]) -> str:
+    return html.escape(r["sae"]) + ('<span class="tag">baseline</span>' if r.get("baseline") else "")
+
+
+def training_curves(curves: dict[str, dict[str, list[float]]], names: dict[str, tuple[str, int]]) -> str | None:
+    if not curves:
+        return None
+    return _svg(report_curves.figure(curves, names))
+
+
 def _cell(value: Any) -> str:
     return html.escape(f"{value:.4g}" if isinstance(value, float) else str(value))
 
@@ -123,33 +159,42 @@ def render(
     run_level: dict[str, Any],
     markdown_notes: str,
     suite_text: str = "",
+    curve_names: dict[str, tuple[str, int]] | None = None,
 ) -> str:
-    """Plots first (what a reader scans), then one section per eval: mean ± 95% CI over seeds, per seed."""
+    """Scoreboard and plots first (what a reader scans), then the SAEs, their training, one section per eval
+    (mean ± 95% CI over seeds, per seed) and the autointerp examples."""
     facts = ["sae", "seed", "trainer", "d_sae", "k", "train_tokens"]
-    sections = [f"<h2>SAEs</h2>{_table(facts, [[_cell(r.get(c, '')) for c in facts] for r in rows])}"]
-    board = [[html.escape(b["metric"] + (f"@{b['shape']}" if "shape" in b else "")), str(b["better"]), f"<b>{html.escape(b['best'])}</b>",
-              html.escape(", ".join(b["indistinguishable"])), html.escape(", ".join(b["l0_not_matched"]))]
+    sae_rows = [[_name(r)] + [_cell(r.get(c, "")) for c in facts[1:]] + [f'<span class="wrap">{html.escape(differs_text(r.get("differs_from_reference")))}</span>']
+                for r in rows]  # fmt: skip
+    sections = ["<h2>SAEs</h2><p class=\"note\">Baselines (trainers pca, random) are italic and tagged and never count as best; "
+                "<i>differs from reference</i>: the settings in which a trainer departs from sae-lens's defaults.</p>"
+                + _table(facts + ["differs from reference"], sae_rows, [bool(r.get("baseline")) for r in rows])]  # fmt: skip
+    if curves_svg := training_curves(run_level.get("training_curves") or {}, curve_names or {}):
+        sections.append("<h2>Training curves</h2><p class=\"note\">Per-step training log, bin means; one colour per spec, "
+                        f"one line style per seed.</p><figure>{curves_svg}</figure>")  # fmt: skip
+    board = [[html.escape(report_suite.metric_at(b)), str(b["better"]), f"<b>{html.escape(b['best'])}</b>",
+              html.escape(", ".join(b["indistinguishable"])), html.escape(", ".join(b["l0_not_matched"])), html.escape(baselines_text(b))]
              for b in run_level.get("scoreboard", [])]  # fmt: skip
     scoreboard = (
-        "<h2>Scoreboard</h2><p class=\"note\">Best spec per metric; ≈: the seeds cannot tell it from the best "
-        "(Welch, p ≥ 0.05); †: its mean L0 differs from the best's by more than 5% (not a matched-L0 comparison).</p>"
-        + _table(["metric", "better", "best", "≈ best", "† L0 not matched"], board)
-    ) if board else ""
+        "<h2>Scoreboard</h2><p class=\"note\">Best spec per metric (baselines excluded); ≈: the seeds cannot tell it from the best "
+        f"(Welch, p ≥ 0.05); †: its mean L0 differs from the best's by more than {L0_TOLERANCE:.0%} (not a matched-L0 comparison); "
+        "baselines: each baseline's mean, ≈ when the best is not distinguishable from it.</p>"
+        + _table(["metric", "better", "best", "≈ best", "† L0 not matched", "baselines"], board)
+    ) if board else ""  # fmt: skip
+    by_shape = report_suite.by_shape(agg)
     for kind, cols in groups:
-        summary_rows = []
-        for a in agg:
-            cells = [html.escape(a["sae"]), str(a["n_seeds"])]
-            for c in cols:
-                cells.append(_spread(a[c]) if c in a else "")
-            summary_rows.append(cells)
+        bests = {shape: best_by_metric(sub, cols, run_level["better"]) for shape, sub in by_shape.items()}
+        summary_rows = [[_name(a), str(a["n_seeds"])] + [_marked(a, c, bests[a.get("shape", "")]) for c in cols] for a in agg]
         source = run_level.get("data_sources", {}).get(kind)
         sections.append(
             f"<h2>{html.escape(titles.get(kind, kind))}</h2>"
             + (f'<p class="note">Data: {html.escape(source)}</p>' if source else "")
-            + "<h3>Mean ± 95% interval over seeds</h3>" + _table(["sae", "seeds"] + cols, summary_rows)
+            + "<h3>Mean ± 95% interval over seeds</h3>" + _table(["sae", "seeds"] + cols, summary_rows, [a["baseline"] for a in agg])
             + "<h3>Per seed</h3>"
-            + _table(["sae", "seed"] + cols, [[html.escape(r["sae"]), str(r["seed"])] + [_cell(r.get(c, "")) for c in cols] for r in rows])
+            + _table(["sae", "seed"] + cols, [[_name(r), str(r["seed"])] + [_cell(r.get(c, "")) for c in cols] for r in rows],
+                     [bool(r.get("baseline")) for r in rows])
         )  # fmt: skip
+    sections.append(report_examples.section_html(run_level.get("tier_examples") or {}))
     extra = [probing_bars(agg), density_histogram(run_level.get("feature_density", {}))]
     headline = (metric_vs_l0(agg, m, run_level["better"].get(m)) for m in run_level.get("headline", []))
     plots = [p for p in headline if p] + [p for p in extra if p]

@@ -1,12 +1,16 @@
-"""The report's statistics over seeds: intervals, "within noise", and a difference with its interval.
+"""The report's statistics over seeds: intervals, "within noise", a difference with its interval, and who
+is best on a metric.
 
-One place for the rule every comparison in the report uses (Welch's t-test, p < 0.05 to claim a difference).
+One place for the rules every comparison in the report uses: Welch's t-test, p < 0.05 to claim a difference;
+baselines (trainers ``pca`` and ``random``, not SAEs anyone would ship) are shown beside the SAEs but never
+win and never count in a comparison; a comparison at L0s more than 5% apart is marked.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from typing import Any
 
 from scipy import stats
 
@@ -40,3 +44,42 @@ def difference(a: list[float], b: list[float]) -> tuple[float, float]:
         return diff, 0.0
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     return diff, float(stats.t.ppf(0.975, df) * math.sqrt(va + vb))
+
+
+BASELINE_TRAINERS = ("pca", "random")
+"""Trainers whose SAEs are reference points (SAEBench's PCA baseline, an untrained SAE), not contenders."""
+L0_TOLERANCE = 0.05
+"""Recipes are compared at matched L0: a spec whose mean L0 is further than this from the best's is marked."""
+
+
+def is_baseline(trainer: str | None) -> bool:
+    return trainer in BASELINE_TRAINERS
+
+
+def best_by_metric(agg: list[dict[str, Any]], cols: list[str], better: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The best non-baseline spec per metric, in the direction its kind declares (none for a metric not won)."""
+    best: dict[str, dict[str, Any]] = {}
+    for col in cols:
+        direction = better.get(col)
+        scored = [a for a in agg if col in a and not a.get("baseline")]
+        if direction is not None and scored:
+            best[col] = (max if direction == "higher" else min)(scored, key=lambda a: a[col]["mean"])
+    return best
+
+
+def l0_mismatch(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """True when both have an L0 and they differ by more than ``L0_TOLERANCE`` of the larger."""
+    if "l0" not in a or "l0" not in b:
+        return False
+    x, y = a["l0"]["mean"], b["l0"]["mean"]
+    return abs(x - y) > L0_TOLERANCE * max(abs(x), abs(y), 1e-12)
+
+
+def marks(a: dict[str, Any], col: str, best: dict[str, dict[str, Any]]) -> tuple[bool, bool, bool]:
+    """(is the best, within noise of the best, L0 not matched to the best's) for one spec's metric."""
+    top = best.get(col)
+    if top is None or col not in a:
+        return False, False, False
+    if top is a:
+        return True, False, False
+    return False, within_noise(a[col]["values"], top[col]["values"]), l0_mismatch(a, top)

@@ -3,7 +3,8 @@
 A recipe that wins on one synthetic model may lose on another (other superposition, Zipf exponent,
 hierarchy depth, correlation), so a suite's claim is a count: spec A is better than spec B on a shape
 when Welch's test over seeds separates them (p < 0.05, `report_stats.within_noise`) and A's mean is on
-the metric's better side; the count comes with each shape's difference and its 95% interval.
+the metric's better side; the count comes with each shape's difference and its 95% interval. Baselines
+(``pca``, ``random``) appear in the tables, never as a shape's best and in no count.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def summarise(agg: list[dict[str, Any]], run_level: dict[str, Any]) -> dict[str,
     and for every pair of specs the shapes each is better on (with the per-shape difference)."""
     shapes = by_shape(agg)
     specs = sorted({a["spec"] for a in agg})
+    baselines = sorted({a["spec"] for a in agg if a.get("baseline")})
+    contenders = [s for s in specs if s not in baselines]
     cell = {(a["shape"], a["spec"]): a for a in agg}
     metrics = [m for m in run_level.get("headline", []) if run_level["better"].get(m)]
     table: dict[str, dict[str, dict[str, Any]]] = {}
@@ -52,8 +55,8 @@ def summarise(agg: list[dict[str, Any]], run_level: dict[str, Any]) -> dict[str,
                    for s in shapes if (s, spec) in cell and m in cell[s, spec]}
             for spec in specs
         }  # fmt: skip
-        for i, x in enumerate(specs):
-            for y in specs[i + 1 :]:
+        for i, x in enumerate(contenders):
+            for y in contenders[i + 1 :]:
                 common = [s for s in shapes if s in table[m][x] and s in table[m][y]]
                 diffs = {s: difference(table[m][x][s]["values"], table[m][y][s]["values"]) for s in common}
                 pairs.append({
@@ -66,6 +69,7 @@ def summarise(agg: list[dict[str, Any]], run_level: dict[str, Any]) -> dict[str,
     return {
         "shapes": list(shapes),
         "specs": specs,
+        "baselines": baselines,
         "metrics": {m: run_level["better"][m] for m in metrics},
         "per_shape": table,
         "probe_ceiling": {s: {**p["metrics"], "probe_samples": p.get("probe_samples")} for s, p in probes.items()},
@@ -73,12 +77,13 @@ def summarise(agg: list[dict[str, Any]], run_level: dict[str, Any]) -> dict[str,
     }
 
 
-def _mark(table: dict[str, dict[str, Any]], spec: str, shape: str, better: str) -> str:
-    """'mean ± ci', bold when the shape's best mean, '≈' when the seeds cannot tell it from that best."""
+def _mark(table: dict[str, dict[str, Any]], spec: str, shape: str, better: str, baselines: list[str]) -> str:
+    """'mean ± ci', bold when the shape's best mean, '≈' when the seeds cannot tell it from that best
+    (baselines are marked against the best but are never it)."""
     here = table[spec].get(shape)
-    if here is None:
-        return ""
-    rivals = [t[shape] for t in table.values() if shape in t]
+    rivals = [t[shape] for s, t in table.items() if shape in t and s not in baselines]
+    if here is None or not rivals:
+        return "" if here is None else f"{here['mean']:.4g} ± {here['ci95']:.2g}"
     best = (max if better == "higher" else min)(rivals, key=lambda r: r["mean"])
     text = f"{here['mean']:.4g} ± {here['ci95']:.2g}"
     if here is best:
@@ -91,10 +96,12 @@ def markdown(suite: dict[str, Any]) -> list[str]:
     shapes = suite["shapes"]
     lines = ["## Suite: each spec on each shape", "",
              "Mean ± 95% interval over seeds; bold: the shape's best; ≈: Welch's test over seeds cannot tell it",
-             "from that best (p ≥ 0.05)."]  # fmt: skip
+             "from that best (p ≥ 0.05); italic: a baseline, never a shape's best and in no count below."]  # fmt: skip
     for m, better in suite["metrics"].items():
         lines += ["", f"### {m} ({better} is better)", "", "| spec | " + " | ".join(shapes) + " |", "|" + "---|" * (len(shapes) + 1)]
-        lines += [f"| {spec} | " + " | ".join(_mark(suite["per_shape"][m], spec, s, better) for s in shapes) + " |" for spec in suite["specs"]]
+        baselines = suite.get("baselines", [])
+        lines += [f"| {f'*{spec}* (baseline)' if spec in baselines else spec} | "
+                  + " | ".join(_mark(suite["per_shape"][m], spec, s, better, baselines) for s in shapes) + " |" for spec in suite["specs"]]  # fmt: skip
         if m == "f1" and suite["probe_ceiling"]:
             ceiling = suite["probe_ceiling"]
             lines.append("| *probe ceiling* | " + " | ".join(f"{ceiling[s]['f1']:.4g}" if s in ceiling else "" for s in shapes) + " |")
