@@ -14,8 +14,8 @@ Parts
      FLOPs a dense step needs (so a sparse step can exceed 1: it skips most of them). Also the ops
      that `ops: auto` picks there (pipeline/training/ops_choice.py's probe).
   2. synthetic: `pipeline run` of a small synthetic config with `device: cuda`, then `device: cpu`
-     (samples drawn on the CPU both times, so both train on the same data): F1 and MCC must agree
-     within SYNTH_TOL (the two differ only by fp32 summation order across devices).
+     (`synthetic.sampling_device: cpu`: samples drawn on the CPU both times, so both train on the
+     same data): F1 and MCC must agree within SYNTH_TOL (the two differ only by fp32 summation order across devices).
   3. transformer_lens: a randomly initialised HookedTransformer on CUDA -> residual activations
      written as the pipeline's shards -> the pipeline's `train` stage on CUDA -> core-style metrics
      (FVU, CE loss with the SAE spliced in). Not the `eval_core` stage itself: the pipeline loads
@@ -204,7 +204,7 @@ def synth_config(name: str, device: str, smoke: bool) -> dict[str, Any]:
         "device": device,
         "synthetic": {"num_features": features, "hidden_dim": dim, "hierarchy": None, "correlation": None,
                       "orthogonalization": {"steps": 20}, "eval_samples": 4000 if smoke else 20_000,
-                      "probe_samples": 4000 if smoke else 20_000, "seed": 42},
+                      "probe_samples": 4000 if smoke else 20_000, "seed": 42, "sampling_device": "cpu"},
         "activations": {"n_tokens": tokens, "contexts_per_shard": 4, "dtype": "float32"},
         "saes": [{"name": "btk", "recipe": {"activation": "batchtopk"}, "d_sae": features // 2, "k": 8,
                   "lr": 1e-3, "batch_size": 1024, "checkpoint_every": 200, "dead_after_tokens": 100_000}],
@@ -218,9 +218,8 @@ def pipeline_run(config: dict[str, Any], workdir: Path) -> dict[str, dict[str, f
     path = workdir / f"{config['name']}.yaml"
     path.write_text(yaml.safe_dump(config))
     artifacts = workdir / f"artifacts-{config['name']}"
-    env = {**os.environ, "SAEPIPE_SYNTH_DEVICE": "cpu"}  # same samples for both runs
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(path), "--artifacts", str(artifacts), "--quiet"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=420, check=False)
+                          cwd=REPO, capture_output=True, text=True, timeout=420, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"pipeline run exited {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}")
     found = {}

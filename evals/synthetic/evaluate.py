@@ -16,7 +16,7 @@ from evals.synthetic.output import SyntheticEvalOutput
 from pipeline.recipes.loo import LooPruner, loo_prune
 from pipeline.recipes.outputs import Active, Selection
 from pipeline.recipes.saving import CODER_FILE, load_coder
-from pipeline.synthetic.model import chunk_rows, derive_seed, device, seeded
+from pipeline.synthetic.model import chunk_rows, derive_seed, seeded
 
 
 class CoderAsSAE:
@@ -103,8 +103,8 @@ def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
 def evaluate(prepared: Prepared, sae_folder: Path, env: EvalEnv, p: SyntheticConfig) -> tuple[SyntheticEvalOutput, dict[str, Any]]:
     """``p.loo_tau`` None: the SAE's own inference ("plain"); a number: leave-one-out pruning ("loo")."""
     spec = env.synthetic
-    sae, loader = load_sae_for_eval(sae_folder, p.loo_tau, device())
     model = env.synthetic_model()
+    sae, loader = load_sae_for_eval(sae_folder, p.loo_tau, model.device)  # beside the samples it is scored on
     result = score(sae, model, spec.eval_samples, derive_seed(spec.seed, "eval"))
     metrics = flat_metrics(result)
     variant = "plain" if p.loo_tau is None else "loo"

@@ -7,9 +7,9 @@ SynthSAEBench-16k settings are in `configs/synth16k.yaml` (and `SyntheticSpec.pu
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Probability = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -111,6 +111,19 @@ class SyntheticSpec(_Strict):
     probe_max_samples: PositiveInt = 2_000_000
     """Upper bound on the automatic probe sample count (memory: samples x features bytes); the probe
     baseline reports how many features got fewer than 100 positives when it binds."""
+    sampling_device: Literal["cpu", "device"] = "cpu"
+    """Where the model is built and sampled. "cpu": on the CPU whatever the run's `device`, so a key names
+    the very same vectors on every machine (CPU and CUDA random streams differ). "device": on the run's
+    `device` (fast on a GPU; samples are then equal in distribution across devices, not identical).
+    Training runs on `device` either way; the synthetic eval runs where its samples are drawn."""
+
+    @model_serializer(mode="wrap")
+    def _default_sampling_unkeyed(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The default is left out of the dump (the stage keys) so keys from before it existed still hold."""
+        out = handler(self)
+        if out.get("sampling_device") == "cpu":
+            del out["sampling_device"]
+        return out
 
     @model_validator(mode="after")
     def _one_form(self) -> SyntheticSpec:

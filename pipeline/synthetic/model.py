@@ -5,7 +5,8 @@ sae-lens's `SyntheticModel.sample*` draw from torch's *global* RNG. Every draw h
 depends only on its derived seed: shard i of the training data, the eval samples and the probe
 samples each get their own stream (`derive_seed(spec.seed, purpose, index)`), disjoint from one another.
 Draws are made in fixed-size chunks so peak memory (a dense (chunk, num_features) matrix) stays bounded.
-Samples are reproducible per device type (CPU and CUDA RNGs differ).
+Samples are reproducible per device type (CPU and CUDA RNGs differ), hence `synthetic.sampling_device`
+(default: the CPU, so a key names the same vectors on every machine).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,27 +100,31 @@ def saved_config(folder: Path) -> SyntheticModelConfig:
     return SyntheticModelConfig.from_dict(json.loads(path.read_text()))
 
 
-def device() -> str:
-    """Where synthetic models run: $SAEPIPE_SYNTH_DEVICE, else CUDA when present, else CPU.
-    Not part of any stage key (like `model.device`)."""
-    return os.environ.get("SAEPIPE_SYNTH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+def sampling_device(spec: SyntheticSpec, run_device: str) -> str:
+    """Where a spec's model is built and sampled: the CPU, or (`sampling_device: device`) the run's
+    `device` resolved as training resolves it. Not part of any stage key, like `device` itself."""
+    if spec.sampling_device == "cpu":
+        return "cpu"
+    from pipeline.training.device import resolve_device
+
+    return str(resolve_device(run_device))
 
 
-def build_model(spec: SyntheticSpec, on: str | None = None) -> SyntheticModel:
+def build_model(spec: SyntheticSpec, on: str) -> SyntheticModel:
     """The model a spec names: built by sae-lens, or (`saved`) loaded as it was saved."""
     from sae_lens.synthetic import SyntheticModel
 
     if spec.saved is not None:
         saved_config(Path(spec.saved))
-        return SyntheticModel.load_from_disk(spec.saved, device=on or device())
-    return SyntheticModel(model_config(spec), device=on or device())
+        return SyntheticModel.load_from_disk(spec.saved, device=on)
+    return SyntheticModel(model_config(spec), device=on)
 
 
-def load_model(artifact: Path, on: str | None = None) -> SyntheticModel:
+def load_model(artifact: Path, on: str) -> SyntheticModel:
     """The model saved in a `synthetic_model` artifact folder."""
     from sae_lens.synthetic import SyntheticModel
 
-    return SyntheticModel.load_from_disk(artifact / MODEL_DIR, device=on or device())
+    return SyntheticModel.load_from_disk(artifact / MODEL_DIR, device=on)
 
 
 def derive_seed(base: int, purpose: str, index: int = 0) -> int:

@@ -42,6 +42,7 @@ from pipeline.synthetic.model import (
     derive_seed,
     load_model,
     sample,
+    sampling_device,
     sample_chunks,
 )
 
@@ -61,7 +62,7 @@ def run_model(ctx: StageContext) -> dict[str, Any]:
     spec = spec_of(ctx.stage)
     started = time.perf_counter()
     ctx.reporter.log(f"{ctx.stage.label}: building the synthetic model")
-    model = build_model(spec)
+    model = build_model(spec, sampling_device(spec, ctx.cfg.device))
     built = time.perf_counter() - started
     model.save(ctx.out / MODEL_DIR)
     _, feats = sample(model, SUMMARY_SAMPLES, derive_seed(spec.seed, "summary"), with_features=True)
@@ -78,7 +79,7 @@ def run_model(ctx: StageContext) -> dict[str, Any]:
 
 def run_activations(ctx: StageContext) -> dict[str, Any]:
     spec, acts = spec_of(ctx.stage), ctx.cfg.activations
-    model = load_model(ctx.input_dir("synthetic_model"))
+    model = load_model(ctx.input_dir("synthetic_model"), sampling_device(spec, ctx.cfg.device))
     d_in = model.cfg.hidden_dim
     n_rows = acts.n_tokens
     rows_per_shard = acts.contexts_per_shard * ROWS_PER_CONTEXT
@@ -122,8 +123,8 @@ def run_activations(ctx: StageContext) -> dict[str, Any]:
 
 
 def load_synthetic_model(ctx: StageContext, name: str = "synthetic_model") -> Any:
-    """The SyntheticModel of an input artifact (for the evals)."""
-    return load_model(ctx.input_dir(name))
+    """The SyntheticModel of an input artifact (for the evals), on the device its samples are drawn on."""
+    return load_model(ctx.input_dir(name), sampling_device(spec_of(ctx.stage), ctx.cfg.device))
 
 
 MODEL_KIND = StageKind("synthetic_model", 1, run_model, planned_bytes=disk.synthetic_model)
