@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.config.recipe import BatchTopKSpec, JumpReLUSpec, RecipeSpec, ReluL1Spec
-from pipeline.recipes.collective import all_cat, all_min, world
+from pipeline.recipes.collective import all_cat, defer, world
 from pipeline.recipes.outputs import Active, Selection
 
 
@@ -78,7 +78,7 @@ def global_batch_topk_mask(h: Tensor, n_keep: int) -> Tensor:
     """
     acts = h.relu()
     local = torch.topk(acts.reshape(-1), min(n_keep, acts.numel()), sorted=False).values
-    gathered = all_cat(local)
+    gathered = all_cat(local, same_length=True)  # every rank's slice has the same rows, so the same count
     cut = torch.topk(gathered, min(n_keep, gathered.numel()), sorted=False).values.min()
     return torch.where(cut > 0, acts >= cut, acts > 0)
 
@@ -112,14 +112,19 @@ class BatchTopK(Activation):
 
     @torch.no_grad()
     def observe(self, active: Active) -> None:
-        """EMA updates from the (global) batch; no host sync: an empty batch leaves every threshold as is."""
+        """EMA updates from the (global) batch; no host sync: an empty batch leaves every threshold as is.
+        Under data parallelism the minima are reduced with the step's other statistics (``settle``)."""
         v = active.values.detach().to(torch.float64)
         v = torch.where(v > 0, v, math.inf)
-        smallest = all_min(torch.cat([v, v.new_full((1,), math.inf)]).min())
+        per_latent = torch.full_like(self.threshold_latent, math.inf).scatter_reduce(0, active.latents, v, "amin")
+        smallest = torch.cat([v, v.new_full((1,), math.inf)]).min().reshape(1)
+        defer("min", torch.cat([smallest, per_latent]), self._update_thresholds)
+
+    def _update_thresholds(self, minima: Tensor) -> None:
+        """minima: [the batch's smallest kept value, then each latent's] (inf where none)."""
+        smallest, batch_min = minima[0], minima[1:]
         ema_global = (1 - self.lr) * self.threshold_global + self.lr * smallest
         self.threshold_global.copy_(torch.where(torch.isfinite(smallest), ema_global, self.threshold_global))
-        per_latent = torch.full_like(self.threshold_latent, math.inf).scatter_reduce(0, active.latents, v, "amin")
-        batch_min = all_min(per_latent)
         fired = torch.isfinite(batch_min)
         first = fired & ~self.latent_seen
         ema = (1 - self.lr) * self.threshold_latent + self.lr * batch_min

@@ -29,7 +29,7 @@ from pipeline.recipes.activation import (
     build_activation,
 )
 from pipeline.recipes.aux_k import AuxKLoss
-from pipeline.recipes.collective import all_sum, world
+from pipeline.recipes.collective import all_sum, defer, world
 from pipeline.recipes.k_anneal import KSchedule
 from pipeline.recipes.lista import RefiningEncoder
 from pipeline.recipes.loo import LooPruner, NoPruning
@@ -41,12 +41,23 @@ from pipeline.recipes.outputs import Active, ReconOutput, TrainOutput
 from pipeline.recipes.term import MeanLoss, TiltedLoss
 
 
-def total_variance(x: Tensor) -> Tensor:
-    """sum_b ||x_b - mean(x)||^2 over the global batch (the FVU denominator)."""
+def global_fvu(err_sum: Tensor, x: Tensor) -> Tensor:
+    """This rank's share of the global batch's FVU (the ranks' shares are averaged when logged):
+    world * err_sum / sum_b ||x_b - mean(x)||^2. Only logged, so under data parallelism the
+    denominator's sums ([sum x, sum ||x||^2], float64) ride the step's ``settle`` and the value is
+    filled in then."""
     if world() == 1:
-        return (x - x.mean(0)).pow(2).sum()
-    mean = all_sum(x.sum(0, dtype=torch.float64)) / (x.shape[0] * world())
-    return all_sum((x.double() - mean).pow(2).sum()).to(x.dtype)
+        return err_sum / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+    fvu = err_sum.new_zeros(())
+    n = x.shape[0] * world()
+
+    def fill(sums: Tensor) -> None:
+        variance = sums[-1] - sums[:-1].pow(2).sum() / n
+        fvu.copy_(err_sum * world() / variance.to(err_sum.dtype).clamp_min(1e-12))
+
+    xd = x.detach().double()
+    defer("sum", torch.cat([xd.sum(0), xd.pow(2).sum().reshape(1)]), fill)
+    return fvu
 
 
 class SavedForm(NamedTuple):
@@ -118,7 +129,7 @@ class SparseCoder(nn.Module):
             stats.update({
                 "loss": loss.detach(),
                 "mse": err.mean(),
-                "fvu": err.sum() * world() / total_variance(x).clamp_min(1e-12),
+                "fvu": global_fvu(err.sum(), x),
                 "l0": (active.values != 0).sum() / x.shape[0],
                 "k": float(k),
             })

@@ -5,13 +5,25 @@ Anything a recipe computes *from the batch* that steers training (BatchTopK's cu
 Matryoshka frequencies, TERM weights, co-occurrence, firing counts) goes through these functions, so
 every rank sees the statistic of the whole global batch and the run equals the one-process run.
 Without a process group (or with one process) each function returns its input: no cost, same bits.
+
+A statistic needed only after the step (a threshold's EMA, frequencies, firing counts, a logged FVU)
+is ``defer``red instead: ``settle`` at the end of the step reduces all of them together, one
+collective per op over one flat float64 buffer, because at small shapes the collectives' latency,
+not their bytes, is what data parallelism costs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Literal
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+Op = Literal["sum", "min", "max"]
+_OPS: dict[Op, dist.ReduceOp] = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+_PENDING: dict[Op, list[tuple[Tensor, Callable[[Tensor], None]]]] = {op: [] for op in _OPS}
 
 
 def world() -> int:
@@ -44,11 +56,44 @@ def all_max(t: Tensor) -> Tensor:
     return _all_reduce(t, dist.ReduceOp.MAX)
 
 
-def all_cat(t: Tensor) -> Tensor:
-    """Concatenate along dim 0 in rank order; tensors may differ in length between ranks."""
+def defer(op: Op, t: Tensor, apply: Callable[[Tensor], None]) -> None:
+    """``apply(t reduced over ranks)`` at this step's ``settle``; at once, with ``t`` itself, in one process.
+    Every rank must defer the same sequence of shapes (the recipes do: each rank runs the same code)."""
+    if world() == 1:
+        apply(t)
+        return
+    _PENDING[op].append((t, apply))
+
+
+def settle(*sums: Tensor) -> tuple[Tensor, ...]:
+    """Run the deferred reductions: one all-reduce per op that has any, over a flat float64 buffer
+    (exact for counts below 2**53). ``sums`` join the sum buffer and come back reduced, in order."""
+    if world() == 1:
+        return sums
+    reduced_sums: list[Tensor] = []
+    for t in sums:
+        defer("sum", t, reduced_sums.append)
+    for op, pending in _PENDING.items():
+        if not pending:
+            continue
+        flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t, _ in pending])
+        dist.all_reduce(flat, op=_OPS[op])
+        for (t, apply), part in zip(pending, flat.split([t.numel() for t, _ in pending])):
+            apply(part.view(t.shape).to(t.dtype))
+        pending.clear()
+    return tuple(reduced_sums)
+
+
+def all_cat(t: Tensor, same_length: bool = False) -> Tensor:
+    """Concatenate along dim 0 in rank order. Lengths may differ between ranks, unless ``same_length``
+    (the caller knows they are equal: one all-gather instead of two)."""
     n = world()
     if n == 1:
         return t
+    if same_length:
+        parts = [torch.empty_like(t) for _ in range(n)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
     size = torch.tensor([t.shape[0]], device=t.device)
     sizes = [torch.zeros_like(size) for _ in range(n)]
     dist.all_gather(sizes, size)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.config.recipe import MatryoshkaSpec
-from pipeline.recipes.collective import all_sum, world
+from pipeline.recipes.collective import defer, world
 from pipeline.recipes.ops import DenseOps, SparseOps
 from pipeline.recipes.outputs import Active, ReconOutput, Selection, row_offsets
 
@@ -78,9 +78,12 @@ class MatryoshkaReconstruction(nn.Module):
     @torch.no_grad()
     def observe(self, active: Active) -> None:
         fired = active.latents[active.values.detach() != 0]
-        counts = all_sum(torch.bincount(fired, minlength=self.frequency.numel()))
-        rate = counts.to(self.frequency.dtype) / (active.n_rows * world())
-        self.frequency.mul_(1 - self.ema).add_(self.ema * rate)
+        n_rows = active.n_rows * world()
+
+        def update(counts: Tensor) -> None:
+            self.frequency.mul_(1 - self.ema).add_(self.ema * (counts.to(self.frequency.dtype) / n_rows))
+
+        defer("sum", torch.bincount(fired, minlength=self.frequency.numel()), update)  # reduced at the step's end
 
 
 def build_reconstruction(spec: MatryoshkaSpec | None, d_sae: int) -> nn.Module:

@@ -33,7 +33,7 @@ from pipeline.config.recipe import RecipeSpec
 from pipeline.data.shards import SHARD_DIR, ShardIndex
 from pipeline.kinds import StageKind
 from pipeline.progress import Reporter
-from pipeline.recipes.collective import all_sum
+from pipeline.recipes.collective import settle
 from pipeline.stages.context import StageContext
 from pipeline.training.baselines import BASELINES, pca_weights, random_weights, save_topk
 from pipeline.training.checkpoint import (
@@ -181,7 +181,7 @@ def train(ctx: StageContext, ranks: Ranks) -> dict[str, Any]:
             optimizer.step()
             trainable.after_optimizer_step()
             with torch.no_grad():
-                fired = all_sum(out.fired)
+                (fired,) = settle(out.fired)  # with the recipes' deferred statistics: one collective per op
                 since_fired += batch
                 since_fired.masked_fill_(fired > 0, 0)
                 fired_count += fired

@@ -20,7 +20,7 @@ import torch
 
 from pipeline.config.recipe import RecipeSpec
 from pipeline.recipes.coder import build_coder
-from pipeline.recipes.collective import all_max, rank
+from pipeline.recipes.collective import all_max, rank, settle
 
 
 def resolve_ops(choice: str, device: torch.device, recipe: RecipeSpec, d_in: int, d_sae: int, k: int, batch: int,
@@ -55,6 +55,7 @@ def probe_ops(device: torch.device, recipe: RecipeSpec, d_in: int, d_sae: int, k
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                settle()  # the step's deferred statistics, as the train loop reduces them
             _sync(device)
             out[ops] = (time.perf_counter() - started) / steps
             del coder, opt
