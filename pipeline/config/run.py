@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from pipeline.config.base import NAME_RE, PositiveFloat, PositiveInt, Strict
 from pipeline.config.evals import EvalsSpec
@@ -112,12 +112,21 @@ class SAESpec(Strict):
         if self.trainer != "sae_lens":
             return self.model_dump(exclude={"name", "seeds", "sae_lens_config"})  # empty: keys as before it existed
         unwritten = {"name", "seeds", "recipe"} | ({"dead_after_tokens"} - self.model_fields_set)
-        return self.model_dump(exclude=unwritten) | {"recipe": self.recipe.model_dump(exclude_unset=True)}
+        return self.model_dump(exclude=unwritten) | {"recipe": _written(self.recipe)}
 
 
 BASELINES = ("pca", "random")
 REFERENCE_PIECES = ("lista", "k_anneal", "term", "orthogonality", "loo")
 """Recipe pieces sae-lens has no counterpart for."""
+
+
+def _written(spec: BaseModel) -> dict[str, Any]:
+    """The fields written in the config, nested; unlike a dump, a written default stays (quiet defaults too)."""
+    out = {}
+    for name in spec.model_fields_set:
+        value = getattr(spec, name)
+        out[name] = _written(value) if isinstance(value, BaseModel) else list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def _written_as(spec: Any, field: str, value: Any) -> bool:

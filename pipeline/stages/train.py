@@ -159,11 +159,16 @@ def train(ctx: StageContext, ranks: Ranks) -> dict[str, Any]:
     started = time.perf_counter()
     sae.train()
 
+    saved_step = step if ckpt is not None else -1
+
     def checkpoint() -> None:
+        """Save this step's state, unless a checkpoint already holds it (SIGTERM just after one, or at resume)."""
+        nonlocal saved_step
         log.flush()
-        if rank == 0:
+        if rank == 0 and step != saved_step:
             extra = {"since_fired": since_fired, "fired_count": fired_count}
             save_checkpoint(ckpt_dir, step, sae, optimizer, extra, {"log": log.entries, "ops": ops})
+        saved_step = step
 
     shown = step
     bar_cm = reporter.bar(f"training {ctx.stage.label}", total=n_steps * batch, unit="tok", completed=step * batch)
