@@ -280,3 +280,47 @@ def test_report_renders_in_headless_chromium(first_run, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert dom.count("<svg") == page.read_text().count("<svg") >= 3
     assert "Sparse probing (SAE latents vs the model's own activations)" in dom and dom.count("<table") >= 4
+
+
+def test_a_group_of_evals_in_one_process_keeps_the_good_saes_when_one_sae_is_broken(tmp_path: Path) -> None:
+    """A SLURM job's body for a group of like evals (``run-stage K1 K2 K3``, one process, one model
+    load): one SAE's weights corrupted (same size, so only the checksum can tell) fails that SAE alone
+    with the file named; the others' artifacts are complete and valid; the same command after the fix
+    computes only the broken one."""
+    raw = tiny_config(name="tiny-group", saes=[{**TINY["saes"][0], "seeds": [0, 1, 2]}])
+    cfg_path = write_config(tmp_path, raw)
+    cfg = parse_config(raw)
+    stages = build_plan(cfg)
+    store = ArtifactStore(tmp_path / "store")
+    upstream = [s for s in stages if s.kind in ("activations", "train", "eval_prep")]
+    assert set(statuses(run_local(cfg, upstream, store, set(), QUIET)).values()) == {"ran"}
+    evals = [s for s in stages if s.kind == "eval_core"]
+    broken = next(s for s in stages if s.label == "train:btk-s1")
+    weights = store.path(broken.kind, broken.key) / "sae" / "sae_weights.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+
+    cmd = [sys.executable, "-m", "pipeline.cli", "run-stage", str(cfg_path), *(s.key for s in evals), "--artifacts", str(store.root), "--quiet"]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"})
+    out = first.stdout + first.stderr
+    assert first.returncode == 1, out
+    assert f"eval_core:btk-s1 ({evals[1].key}) FAILED" in out
+    assert f"{weights}: checksum mismatch" in out  # the cause, with the file to look at
+    done = {}
+    for s in (evals[0], evals[2]):
+        assert f"{s.label} ({s.key}) complete" in out
+        assert store.problems(s.kind, s.key, full=True) == []
+        result = json.loads((store.path(s.kind, s.key) / "core.json").read_text())["eval_result_metrics"]
+        assert 0 < result["model_performance_preservation"]["ce_loss_score"] <= 1
+        done[s.label] = store.manifest(s.kind, s.key)["timings"]["finished"]
+    assert store.problems(evals[1].kind, evals[1].key) == ["missing"]
+    assert not list((store.root / "eval_core" / ".staging").glob("*"))  # the failed one left no half artifact
+
+    weights.write_bytes(original)  # the cause fixed: the same job again computes only what failed
+    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"})
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out
+    assert f"eval_core:btk-s1 ({evals[1].key}) complete" in out
+    assert all(f"{s.label} ({s.key}) is already complete" in out for s in (evals[0], evals[2]))
+    assert {s.label: store.manifest(s.kind, s.key)["timings"]["finished"] for s in (evals[0], evals[2])} == done
+    assert store.problems(evals[1].kind, evals[1].key, full=True) == []
