@@ -68,7 +68,7 @@ def markdown(examples: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
         lines += [f"### {sae_id}", ""]
         for tier, latents in tiers.items():
             for ex in latents:
-                explanation = MD_SPECIAL.sub(r"\\\1", str(ex.get("explanation", "")))
+                explanation = MD_SPECIAL.sub(r"\\\1", _visible(str(ex.get("explanation", ""))))
                 lines.append(f"- **{tier}**, {_head(ex)}: “{explanation}”")
                 lines += [f"  - {context_md(c)}" for c in ex.get("top_contexts", [])]
         lines.append("")
@@ -86,5 +86,5 @@ def section_html(examples: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
             for ex in latents:
                 contexts = "".join(f"<li><code>{context_html(c)}</code></li>" for c in ex.get("top_contexts", []))
                 parts.append(f'<div class="example"><b>{html.escape(tier)}</b>, {html.escape(_head(ex))}: '
-                             f"“{html.escape(str(ex.get('explanation', '')))}”<ul>{contexts}</ul></div>")  # fmt: skip
+                             f"“{html.escape(_visible(str(ex.get('explanation', ''))))}”<ul>{contexts}</ul></div>")  # fmt: skip
     return "".join(parts)

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; padding: 0 1.5em; max-width: 1500px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
@@ -30,7 +30,7 @@ th { background: #f3f3f3; }
 .wide { overflow-x: auto; max-width: 100%; }
 .wide table { margin: 0.5em 0; }
 td { white-space: nowrap; }
-td.wrap { white-space: normal; min-width: 16em; text-align: left; }
+.wrap { display: inline-block; white-space: normal; min-width: 12em; text-align: left; }
 pre.note { overflow-x: auto; }
 tr.baseline td { font-style: italic; color: #555; }
 .tag { font-size: 11px; font-style: normal; background: #e8e8e8; border-radius: 3px; padding: 0 4px; margin-left: 4px; }
