@@ -6,6 +6,7 @@ from evals.autointerp.output import REPORTED
 from evals.contract import EvalDef
 
 EVAL = EvalDef(
-    name="autointerp", version=1, config=AutointerpConfig, package=__name__, reported=REPORTED, prep="autointerp",
+    name="autointerp", version=2, config=AutointerpConfig,  # 2: tier examples as tokens + activations
+    package=__name__, reported=REPORTED, prep="autointerp",
     prep_reads_corpus=True, prep_exclude=PREP_EXCLUDE, prep_version=2,  # 2: held-out split by text hash
 )

@@ -96,6 +96,8 @@ class AutointerpConfig(EvalConfig):
 
     @model_validator(mode="after")
     def _windows_fit(self) -> AutointerpConfig:
+        if self.model_fields_set <= set(PREP_FIELDS):  # eval_prep's view: only what prepare reads, windows at defaults
+            return self
         if self.tier_window > self.buffer:
             raise ValueError(f"tier_window ({self.tier_window}) must be at most buffer ({self.buffer})")
         if self.llm_context_size <= 2 * self.buffer:

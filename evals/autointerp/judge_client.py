@@ -76,7 +76,7 @@ class Judge:
     (it may own the local server)."""
 
     def __init__(self, p: AutointerpConfig, cache: JudgeCache | None = None):
-        self.p, self.cache, self.where = p, cache or JudgeCache(), endpoint(p)
+        self.p, self.cache, self.where = p, cache if cache is not None else JudgeCache(), endpoint(p)  # an empty cache is falsy
         self.usage = Usage()
         self.stack = ExitStack()
         self.client: openai.OpenAI | None = None

@@ -8,7 +8,9 @@ gigabytes; transformers and the GGUF are already installed. The eval talks to it
 Run as ``python -m evals.autointerp.judge_server --port 0 --parent PID``: it prints ``READY <port>`` once
 the model is loaded, serves ``POST /v1/chat/completions`` (with OpenAI's ``logit_bias``) and ``GET /v1/models`` (one request at a time:
 one model, few cores), counts requests at ``GET /saepipe/stats``, and exits when its parent dies (a
-``kill -9`` of the stage leaves no server behind).
+``kill -9`` of the stage leaves no server behind). With ``$SAEPIPE_JUDGE_SERVER_KEY`` set it answers only
+requests carrying that key (``Authorization: Bearer``), and like OpenAI it refuses a model it does not serve,
+so it can stand in for an external endpoint (401 / 404 with OpenAI's error bodies).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from typing import Any, Self
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 HOST = "127.0.0.1"
+KEY_ENV = "SAEPIPE_JUDGE_SERVER_KEY"
+"""The key the server requires, from its environment (never its command line, which ``ps`` shows)."""
 
 
 def hf_folder() -> Path:
@@ -119,7 +123,7 @@ def answer_bias(chars: str) -> dict[str, int]:
     return {str(i): 100 for i in sorted(ok)}
 
 
-def handler_for(gen: Generator) -> type[BaseHTTPRequestHandler]:
+def handler_for(gen: Generator, key: str | None = None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:  # requests are counted, not logged to stderr
             pass
@@ -144,8 +148,18 @@ def handler_for(gen: Generator) -> type[BaseHTTPRequestHandler]:
             if self.path.rstrip("/") != "/v1/chat/completions":
                 self.send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
                 return
+            body_bytes = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
+                self.send_json(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                               "code": "invalid_api_key"}})  # fmt: skip
+                return
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                body = json.loads(body_bytes)
+                if body.get("model", MODEL_NAME) != MODEL_NAME:
+                    self.send_json(404, {"error": {"message": f"The model `{body['model']}` does not exist (this server "
+                                                   f"serves {MODEL_NAME})", "type": "invalid_request_error",
+                                                   "code": "model_not_found"}})  # fmt: skip
+                    return
                 payload = gen.complete(body)
             except (ValueError, KeyError, TypeError) as exc:
                 self.send_json(400, {"error": {"message": str(exc), "type": "invalid_request_error"}})
@@ -174,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     gen = Generator(hf_folder())
-    server = ThreadingHTTPServer((HOST, opts.port), handler_for(gen))
+    server = ThreadingHTTPServer((HOST, opts.port), handler_for(gen, os.environ.get(KEY_ENV) or None))
     if opts.parent:
         threading.Thread(target=watch_parent, args=(opts.parent,), daemon=True).start()
     print(f"READY {server.server_address[1]}", flush=True)
@@ -182,10 +196,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 class LocalJudgeServer:
-    """Starts the server as a child process on a free loopback port and stops it; a context manager."""
+    """Starts the server as a child process on a free loopback port and stops it; a context manager.
+    ``api_key``: requests must carry it (the stage's own server needs none: it listens on loopback only)."""
 
-    def __init__(self, start_timeout: float = 180.0, threads: int | None = None):
-        self.start_timeout, self.threads = start_timeout, threads
+    def __init__(self, start_timeout: float = 180.0, threads: int | None = None, api_key: str | None = None):
+        self.start_timeout, self.threads, self.api_key = start_timeout, threads, api_key
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.start_seconds = 0.0
@@ -199,7 +214,7 @@ class LocalJudgeServer:
         cmd = [sys.executable, "-m", "evals.autointerp.judge_server", "--port", "0", "--parent", str(os.getpid())]
         if self.threads:
             cmd += ["--threads", str(self.threads)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", KEY_ENV: self.api_key or ""}
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         self.log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on stderr

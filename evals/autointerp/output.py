@@ -53,19 +53,24 @@ def _values(results: dict[int, dict[str, Any]], key: str) -> list[float]:
     return [float(r[key]) for r in results.values() if r.get(key) is not None]
 
 
+TOP_CONTEXTS_SHOWN = 3
+"""Top contexts kept per example latent (the report shows them; the judge saw more)."""
+
+
 def tier_examples(results: dict[int, dict[str, Any]], contexts: dict[int, LatentContexts], n: int,
                   str_tokens: dict[str, str], threshold_of: dict[int, float]) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
-    """Up to ``n`` latents per tier (lowest ids first) with explanation, correlation and marked top contexts."""
-    from evals.autointerp.prompts import active, example_text
-
+    """Up to ``n`` latents per tier (lowest ids first) with explanation, correlation, the activation threshold
+    the judge's marks used, and the top contexts as tokens with the latent's activation on each (so the report
+    can highlight the max-activating token itself and escape every token)."""
     out: dict[str, list[dict[str, Any]]] = {t: [] for t in TIERS}
     for latent in sorted(results):
         r = results[latent]
         if len(out[r["tier"]]) < n:
-            thr = threshold_of[latent]
             out[r["tier"]].append({
                 "latent": latent, "explanation": r["explanation"], "correlation": r["correlation"],
-                "top_contexts": [example_text(w, str_tokens, active(w, thr)) for w in contexts[latent].top[:5]],
+                "act_threshold": round(threshold_of[latent], 4),
+                "top_contexts": [{"tokens": [str_tokens[str(t)] for t in w.tokens], "acts": [round(a, 4) for a in w.acts]}
+                                 for w in contexts[latent].top[:TOP_CONTEXTS_SHOWN]],
             })  # fmt: skip
     return out
 

@@ -279,6 +279,11 @@ def test_missing_key_names_the_variable(tmp_path: Path, monkeypatch) -> None:
 def test_config_rejects_windows_that_do_not_fit() -> None:
     with pytest.raises(ValueError, match="tier_window"):
         AutointerpConfig(buffer=2, tier_window=3)
+    with pytest.raises(ValueError, match=r"llm_context_size \(16\) must exceed 2 \* buffer \(20\)"):
+        AutointerpConfig(enabled=True, llm_context_size=16)
+    # eval_prep validates only the fields prepare reads (plan.py's prep params): short contexts must pass there,
+    # since the section's own buffer was checked when it was loaded
+    assert AutointerpConfig.model_validate({"total_tokens": 4096, "llm_context_size": 16, "llm_batch_size": 32}).buffer == 10
     with pytest.raises(ValueError, match="extra"):
         AutointerpConfig(n_latent=3)
     assert AutointerpConfig().n_ex_for_scoring == AutoInterpEvalConfig().n_ex_for_scoring == 14
@@ -292,11 +297,15 @@ E2E = {**SMALL, "n_latents": 2, "total_tokens": 2048, "scorers": ["detection", "
 fire on 40-65% of tokens: at 1% of the top activation every window is active and no negative exists."""
 
 
+SERVER_KEY = "local"
+"""The test server requires a key, as an external endpoint does; the local backend sends this one."""
+
+
 @pytest.fixture(scope="module")
 def judge_server():
     from evals.autointerp.judge_server import LocalJudgeServer
 
-    with LocalJudgeServer() as server:
+    with LocalJudgeServer(api_key=SERVER_KEY) as server:
         yield server
 
 
@@ -372,6 +381,11 @@ def test_end_to_end_over_http_then_a_rerun_sends_zero_requests(tiny_run, tiny_pr
         assert record["tier"] in tiers.TIERS and set(record["correlation"]) == set(tiers.KINDS)
     s = data["eval_result_unstructured"]["saepipe"]
     assert "135M" in s["judge_note"] and sum(s["tier_mix"].values()) == pytest.approx(1.0)
+    examples = [ex for tier in s["tier_examples"].values() for ex in tier]
+    assert sorted(ex["latent"] for ex in examples) == sorted(int(k) for k in latents)  # 2 per tier: both sampled latents
+    for c in (c for ex in examples for c in ex["top_contexts"]):  # tokens and activations, the window's peak at its centre
+        assert len(c["tokens"]) == len(c["acts"]) == 2 * p.buffer + 1 and all(isinstance(t, str) for t in c["tokens"])
+        assert c["acts"][p.buffer] == max(c["acts"]) > 0
     assert s["judge"]["requests"] == sent == summary["judge_requests"] > 0 and s["judge"]["cost_usd"] == 0.0
     assert s["judge"]["prompt_tokens"] > 100 * sent
     assert 0.0 <= summary["embedding"] <= 1.0 and set(summary) >= {"tier_input_frac", "judge_tokens", "embedding_null"}
@@ -429,6 +443,52 @@ def test_kill_9_mid_eval_resumes_without_re_asking_cached_prompts(tiny_run, tiny
     assert not set(asked) & cached  # nothing answered before the kill was asked again
     # (the server may still finish the killed run's request in flight: count this run's asks on the client side)
     assert summary["judge_cache_hits"] == len(cached) and summary["judge_requests"] == len(cache) - len(cached) > 0
+
+
+def test_endpoint_from_the_environment_then_wrong_key_model_or_url_fail_in_one_line_keeping_the_cache(
+    judge_server, tmp_path: Path, monkeypatch
+) -> None:
+    """Backend (a): the offline server stands in for an external endpoint, configured only through the
+    environment as gemma2b_l12.yaml is (judge_backend: openai, no URL, model or key in the config)."""
+    from evals.autointerp.judge_server import MODEL_NAME
+
+    monkeypatch.setenv("SAEPIPE_JUDGE_BASE_URL", judge_server.base_url)
+    monkeypatch.setenv("SAEPIPE_JUDGE_MODEL", MODEL_NAME)
+    monkeypatch.setenv("OPENAI_API_KEY", SERVER_KEY)
+    p = AutointerpConfig(judge_backend="openai", judge_max_retries=1, judge_timeout_s=120)
+    cache = JudgeCache(tmp_path / "judge")
+    other = [{"role": "user", "content": "goodbye"}]
+    with Judge(p, cache) as judge:
+        answer = judge.ask(MESSAGES, 5)
+        report = judge.report()
+    assert answer and report["requests"] == 1 and report["base_url"] == judge_server.base_url and report["model"] == MODEL_NAME
+    assert report["prompt_tokens"] > 0 and report["cost_usd"] > 0  # priced at gpt-4o-mini's list price: a remote judge
+    sent = server_stats(judge_server)["requests"]
+
+    def failure(name: str, value: str, cached: bool = True) -> str:
+        """The error of a new prompt with one setting wrong; first, when the request is the same, the cached
+        answer is still served without the network."""
+        monkeypatch.setenv(name, value)
+        with Judge(p, cache) as judge:
+            if cached:
+                assert judge.ask(MESSAGES, 5) == answer
+            with pytest.raises(JudgeError) as err:
+                judge.ask(other, 5)
+            assert judge.usage.cache_hits == int(cached) and judge.usage.requests == 0
+        return str(err.value)
+
+    wrong_key = failure("OPENAI_API_KEY", "sk-wrong")
+    assert "\n" not in wrong_key and "$OPENAI_API_KEY" in wrong_key and "judge_api_key_env" in wrong_key and "401" in wrong_key
+    monkeypatch.setenv("OPENAI_API_KEY", SERVER_KEY)
+    wrong_model = failure("SAEPIPE_JUDGE_MODEL", "gpt-4o-mini", cached=False)  # another model: another request
+    assert "\n" not in wrong_model and "$SAEPIPE_JUDGE_MODEL" in wrong_model and "judge_model" in wrong_model and "404" in wrong_model
+    assert server_stats(judge_server)["requests"] == sent  # refused before any generation
+    monkeypatch.setenv("SAEPIPE_JUDGE_MODEL", MODEL_NAME)
+    started = time.perf_counter()
+    unreachable = failure("SAEPIPE_JUDGE_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
+    assert "\n" not in unreachable and "failed 2 times" in unreachable and "$SAEPIPE_JUDGE_BASE_URL" in unreachable
+    assert 1.0 <= time.perf_counter() - started < 30  # one retry after 1 s of backoff, then it gives up
+    assert len(cache) == 1  # the one good answer, kept through every failure
 
 
 def digest(messages: list[dict]) -> str:
