@@ -14,8 +14,11 @@ peak memory of each eval stage.
 * core per SAE: sae-bench's ``run_evals`` against our ``evaluate`` on the same prep (``--core-only``
   runs just this, on 1 SAE).
 
+* grouped evals: one eval's stages for the 4 SAEs as 4 ``run-stage`` processes (a SLURM job each)
+  against one ``run-stage`` of all 4 keys (a grouped job), with their preps done.
+
 Usage: python bench/bench_eval_suite.py [--config default] [--tokens 300000] [--out bench/results/eval_suite.json]
-       [--core-only | --memory-only]
+       [--work DIR] [--core-only | --memory-only | --skip-reference]
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -95,9 +99,11 @@ def train_all(raw: dict[str, Any], store: ArtifactStore) -> None:
         sys.exit(f"training failed: {bad}")
 
 
-def clone_upstream(src: ArtifactStore, dst: Path) -> ArtifactStore:
-    """A store holding only the activations and trained SAEs (evals start from nothing)."""
-    for kind in ("activations", "train"):
+def clone_upstream(src: ArtifactStore, dst: Path, kinds: tuple[str, ...] = ("activations", "train")) -> ArtifactStore:
+    """A store holding only the activations and trained SAEs (evals start from nothing); ``kinds`` adds
+    more (the preps, to time per-SAE evals alone). Replaces what an earlier run left at ``dst``."""
+    shutil.rmtree(dst, ignore_errors=True)
+    for kind in kinds:
         shutil.copytree(src.root / kind, dst / kind, ignore=shutil.ignore_patterns(".work", ".staging", ".trash"))
     return ArtifactStore(dst)
 
@@ -120,14 +126,42 @@ def by_kind(seconds: dict[str, float]) -> dict[str, float]:
 
 def run_ours(raw: dict[str, Any], store: ArtifactStore, folder: Path) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(write(raw, folder)), "--artifacts", str(store.root), "--quiet"]
+    wall, cpu = timed(cmd)
+    seconds = stage_seconds(store, raw)
+    return {"wall_s": wall, "cpu_s": cpu, "eval_stage_s": round(sum(seconds.values()), 2), "by_kind_s": by_kind(seconds),
+            "unlearning": unlearning_clamps(store, raw)}
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall, CPU seconds) of a child process. CPU time (user + system, the child's threads summed) is
+    the figure that holds up when other jobs share the cores; wall time is what a user waits."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    seconds = stage_seconds(store, raw)
-    return {"wall_s": round(wall, 2), "eval_stage_s": round(sum(seconds.values()), 2), "by_kind_s": by_kind(seconds),
-            "unlearning": unlearning_clamps(store, raw)}
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return round(wall, 2), round(cpu, 2)
+
+
+def bench_groups(raw: dict[str, Any], store: ArtifactStore, folder: Path, kind: str = "eval_core") -> dict[str, Any]:
+    """One eval's stages for every SAE, with their preps done: each as its own ``run-stage`` process (a
+    job per SAE: imports, model load, prep read each time) against all of them in one ``run-stage``
+    (a grouped SLURM job: once). Separate first, then grouped, each on a fresh copy of the store."""
+    cfg_path = write(raw, folder)
+    keys = [s.key for s in build_plan(parse_config(raw)) if s.kind == kind]
+    base = [sys.executable, "-m", "pipeline.cli", "run-stage", str(cfg_path)]
+    out: dict[str, Any] = {"kind": kind, "saes": len(keys)}
+    for mode in ("separate", "grouped"):
+        copy = clone_upstream(store, folder / f"groups-{mode}", ("activations", "train", "eval_prep"))
+        tail = ["--artifacts", str(copy.root), "--quiet"]
+        runs = [timed([*base, k, *tail]) for k in keys] if mode == "separate" else [timed([*base, *keys, *tail])]
+        out[mode] = {"processes": len(runs), "model_loads": len(runs), "wall_s": round(sum(w for w, _ in runs), 2),
+                     "cpu_s": round(sum(c for _, c in runs), 2)}
+    out["cpu_ratio_separate_vs_grouped"] = round(out["separate"]["cpu_s"] / out["grouped"]["cpu_s"], 2)
+    return out
 
 
 # Linux carries a process's peak RSS across exec: a child forked from this (model-holding) process
@@ -248,62 +282,66 @@ def main() -> None:
     parser.add_argument("--config", default="default")
     parser.add_argument("--tokens", type=int, default=300_000)
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "eval_suite.json"))
+    parser.add_argument("--work", help="keep the stores here (default: a temp dir): a rerun reuses the activations and SAEs")
     parser.add_argument("--memory-only", action="store_true", help="only the per-stage peak memory (1 SAE)")
     parser.add_argument("--core-only", action="store_true", help="only eval_core per SAE, against sae-bench's run_evals")
+    parser.add_argument("--skip-reference", action="store_true", help="leave out sae-bench's own runners (sparse probing, core)")
     args = parser.parse_args()
-    if args.core_only:
-        with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = Path(args.work) if args.work else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        tmp.mkdir(parents=True, exist_ok=True)
+        if args.core_only or args.memory_only:
             raw1 = bench_config(args.config, args.tokens, 1)
-            store = ArtifactStore(Path(tmp) / "base")
+            store = ArtifactStore(tmp / "base")
             train_all(raw1, store)
-            core = bench_core(raw1, store, Path(tmp))
-        print(json.dumps(core, indent=2))
-        previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-        save({**previous, "core_per_sae": core}, args.out)
-        return
-    if args.memory_only:
-        with tempfile.TemporaryDirectory() as tmp:
-            raw1 = bench_config(args.config, args.tokens, 1)
-            store = ArtifactStore(Path(tmp) / "base")
-            train_all(raw1, store)
-            memory = peak_memory(raw1, store, Path(tmp))
-        print(json.dumps(memory, indent=2))
-        previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-        save({**previous, "peak_rss_mib_1_sae": memory}, args.out)
-        return
+            part = ("core_per_sae", bench_core(raw1, store, tmp)) if args.core_only else (
+                "peak_rss_mib_1_sae", peak_memory(raw1, clone_upstream(store, tmp / "mem"), tmp))
+            print(json.dumps(part[1], indent=2))
+            previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+            save({**previous, part[0]: part[1], f"load_after_{part[0]}": load_average()}, args.out)
+            return
+        suite(args, tmp)
+
+
+def suite(args: argparse.Namespace, tmp: Path) -> None:
+    """Every part, saved after each: ours 1 vs 4 SAEs, peak memory, grouped evals, then sae-bench's runners."""
     result: dict[str, Any] = {"config": args.config, "torch_threads": os.cpu_count(), "tokens": args.tokens,
                               "load_at_start": load_average()}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        raw4 = bench_config(args.config, args.tokens, 4)
-        base = ArtifactStore(tmp / "base")
-        train_all(raw4, base)
-        raw1 = {**raw4, "name": "bench_evals_1", "saes": [{**raw4["saes"][0], "seeds": [0]}]}
-        result["evals"] = sorted(n for n, s in parse_config(raw4).evals.sections().items() if s.enabled)
-        for n, raw in ((1, raw1), (4, raw4)):
-            result[f"ours_{n}_sae"] = run_ours(raw, clone_upstream(base, tmp / f"s{n}"), tmp)
-            result[f"ours_{n}_sae"]["load_after"] = load_average()
-            print(f"ours, {n} SAE(s): {result[f'ours_{n}_sae']}", flush=True)
-        result["ours_ratio_4_vs_1"] = round(result["ours_4_sae"]["eval_stage_s"] / result["ours_1_sae"]["eval_stage_s"], 3)
+    raw4 = bench_config(args.config, args.tokens, 4)
+    base = ArtifactStore(tmp / "base")
+    train_all(raw4, base)
+    result["load_after_training"] = load_average()
+    raw1 = {**raw4, "name": "bench_evals_1", "saes": [{**raw4["saes"][0], "seeds": [0]}]}
+    result["evals"] = sorted(n for n, s in parse_config(raw4).evals.sections().items() if s.enabled)
+    for n, raw in ((1, raw1), (4, raw4)):
+        result[f"ours_{n}_sae"] = {**run_ours(raw, clone_upstream(base, tmp / f"s{n}"), tmp), "load_after": load_average()}
+        print(f"ours, {n} SAE(s): {result[f'ours_{n}_sae']}", flush=True)
+    for measure in ("eval_stage_s", "cpu_s"):
+        result[f"ours_ratio_4_vs_1_{measure}"] = round(result["ours_4_sae"][measure] / result["ours_1_sae"][measure], 3)
+    save(result, args.out)
+    result["peak_rss_mib_1_sae"] = peak_memory(raw1, clone_upstream(base, tmp / "mem"), tmp)
+    result["load_after_memory"] = load_average()
+    print(f"peak RSS: {result['peak_rss_mib_1_sae']}", flush=True)
+    save(result, args.out)
+    with_preps = ArtifactStore(tmp / "s4")  # the 4-SAE run's store: its preps are done
+    result["groups"] = {**bench_groups(raw4, with_preps, tmp), "load_after": load_average()}
+    print(f"groups: {result['groups']}", flush=True)
+    save(result, args.out)
+    if args.skip_reference:
+        return
+    if parse_config(raw4).evals.sparse_probing.enabled:
+        ref = {n: saebench_sparse_probing(raw4, base, n) for n in (1, 4)}
+        ours = {n: sum(v for k, v in result[f"ours_{n}_sae"]["by_kind_s"].items() if "sparse_probing" in k) for n in (1, 4)}
+        result["sparse_probing"] = {
+            "saebench_s": ref,
+            "ours_s": ours,
+            "speedup_vs_saebench": {n: round(ref[n] / ours[n], 2) for n in (1, 4)},
+            "load_after": load_average(),
+        }
+        print(f"sparse probing: {result['sparse_probing']}", flush=True)
         save(result, args.out)
-        result["peak_rss_mib_1_sae"] = peak_memory(raw1, clone_upstream(base, tmp / "mem"), tmp)
-        result["load_after_memory"] = load_average()
-        print(f"peak RSS: {result['peak_rss_mib_1_sae']}", flush=True)
-        save(result, args.out)
-        if parse_config(raw4).evals.sparse_probing.enabled:
-            ref = {n: saebench_sparse_probing(raw4, base, n) for n in (1, 4)}
-            ours = {n: sum(v for k, v in result[f"ours_{n}_sae"]["by_kind_s"].items() if "sparse_probing" in k) for n in (1, 4)}
-            result["sparse_probing"] = {
-                "saebench_s": ref,
-                "ours_s": ours,
-                "speedup_vs_saebench": {n: round(ref[n] / ours[n], 2) for n in (1, 4)},
-                "load_after": load_average(),
-            }
-            print(f"sparse probing: {result['sparse_probing']}", flush=True)
-            save(result, args.out)
-        result["core_per_sae"] = {**bench_core(raw1, base, tmp), "load_after": load_average()}
-        print(f"core per SAE: {result['core_per_sae']}", flush=True)
-    print(json.dumps(result, indent=2))
+    result["core_per_sae"] = {**bench_core(raw1, base, tmp), "load_after": load_average()}
+    print(f"core per SAE: {result['core_per_sae']}", flush=True)
     save(result, args.out)
 
 
