@@ -51,9 +51,9 @@ from pipeline.progress import Reporter  # noqa: E402
 EVAL_KINDS = {"eval_prep", "eval_core", "eval_sparse_probing", "eval_absorption", "eval_scr", "eval_tpp", "eval_unlearning"}
 
 
-def bench_config(base: str, tokens: int, n_saes: int) -> dict[str, Any]:
+def bench_config(base: str, tokens: int, n_saes: int, train_tokens: int = 300_000) -> dict[str, Any]:
     """The base config's model, data and evals; one SAE spec trained with ``n_saes`` seeds. Trained on the
-    demo's token budget: briefly trained SAEs have no latent under unlearning's retain-frequency bar, so
+    demo's token budget (``train_tokens``, passes over the cached ``tokens`` when more): briefly trained SAEs have no latent under unlearning's retain-frequency bar, so
     its clamp (the costly part per SAE) would never run. Autointerp has its own benchmark
     (bench_autointerp.py) and is left out: its judge server would dominate the wall time."""
     cfg, _ = load_config(base)
@@ -61,7 +61,7 @@ def bench_config(base: str, tokens: int, n_saes: int) -> dict[str, Any]:
     raw["name"] = f"bench_evals_{n_saes}"
     raw["activations"]["n_tokens"] = tokens
     spec = next(s for s in raw["saes"] if s["trainer"] == "saepipe")
-    raw["saes"] = [{**spec, "name": "sae", "seeds": list(range(n_saes)), "checkpoint_every": 1000}]
+    raw["saes"] = [{**spec, "name": "sae", "seeds": list(range(n_saes)), "checkpoint_every": 1000, "train_tokens": train_tokens}]
     if "autointerp" in raw["evals"]:
         raw["evals"]["autointerp"]["enabled"] = False
     raw.pop("executor")
@@ -280,7 +280,8 @@ def saebench_sparse_probing(raw: dict[str, Any], store: ArtifactStore, n_saes: i
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="default")
-    parser.add_argument("--tokens", type=int, default=300_000)
+    parser.add_argument("--tokens", type=int, default=300_000, help="activation tokens cached")
+    parser.add_argument("--train-tokens", type=int, default=300_000, help="tokens each SAE trains on (several passes when above --tokens)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "eval_suite.json"))
     parser.add_argument("--work", help="keep the stores here (default: a temp dir): a rerun reuses the activations and SAEs")
     parser.add_argument("--memory-only", action="store_true", help="only the per-stage peak memory (1 SAE)")
@@ -291,7 +292,7 @@ def main() -> None:
         tmp = Path(args.work) if args.work else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         tmp.mkdir(parents=True, exist_ok=True)
         if args.core_only or args.memory_only:
-            raw1 = bench_config(args.config, args.tokens, 1)
+            raw1 = bench_config(args.config, args.tokens, 1, args.train_tokens)
             store = ArtifactStore(tmp / "base")
             train_all(raw1, store)
             part = ("core_per_sae", bench_core(raw1, store, tmp)) if args.core_only else (
@@ -305,9 +306,9 @@ def main() -> None:
 
 def suite(args: argparse.Namespace, tmp: Path) -> None:
     """Every part, saved after each: ours 1 vs 4 SAEs, peak memory, grouped evals, then sae-bench's runners."""
-    result: dict[str, Any] = {"config": args.config, "torch_threads": os.cpu_count(), "tokens": args.tokens,
+    result: dict[str, Any] = {"config": args.config, "torch_threads": os.cpu_count(), "tokens": args.tokens, "train_tokens": args.train_tokens,
                               "load_at_start": load_average()}
-    raw4 = bench_config(args.config, args.tokens, 4)
+    raw4 = bench_config(args.config, args.tokens, 4, args.train_tokens)
     base = ArtifactStore(tmp / "base")
     train_all(raw4, base)
     result["load_after_training"] = load_average()
