@@ -87,7 +87,7 @@ def sae_lens_own_run(name: str, batches: list[torch.Tensor], folder: Path) -> li
     from sae_lens.training.sae_trainer import SAETrainer
 
     class Recording(SAETrainer):
-        losses: list[float] = []
+        losses: list[float]
 
         def step(self, batch: torch.Tensor) -> Any:
             out = super().step(batch)

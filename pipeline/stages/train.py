@@ -35,7 +35,12 @@ from pipeline.kinds import StageKind
 from pipeline.progress import Reporter
 from pipeline.recipes.collective import settle
 from pipeline.stages.context import StageContext
-from pipeline.training.baselines import BASELINES, pca_weights, random_weights, save_topk
+from pipeline.training.baselines import (
+    BASELINES,
+    pca_weights,
+    random_weights,
+    save_topk,
+)
 from pipeline.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,

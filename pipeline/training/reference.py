@@ -110,7 +110,11 @@ def sae_lens_config(recipe: RecipeSpec, d_in: int, d_sae: int, k: int, overrides
         if name not in fields:
             choices = sorted(fields - SHAPE_FIELDS)
             raise ValueError(f"sae_lens_config.{name}: not a field of sae-lens's {cfg_cls.__name__}; choose from {choices}")
-    return cfg_cls(**shape_settings(cfg_cls, recipe, d_in, d_sae, k), **written_settings(recipe, d_in), **overrides)
+    written = written_settings(recipe, d_in)
+    clash = sorted(written.keys() & overrides.keys())
+    if clash:
+        raise ValueError(f"sae_lens_config.{clash[0]}: the recipe sets it too ({written[clash[0]]!r}); set it in one place")
+    return cfg_cls(**shape_settings(cfg_cls, recipe, d_in, d_sae, k), **written, **overrides)
 
 
 def config_differences(cfg: Any) -> dict[str, list[Any]]:
