@@ -1,0 +1,220 @@
+"""Issue 11: which training details make our BatchTopK beat sae-lens's, and which reverse Matryoshka.
+
+Each run trains one SAE with our trainer (`SparseCoder`, the `train` stage's step: Adam, grad-norm clip
+1.0, decoder projection, dead mask for AuxK) on a fixed pool of samples from a synthetic model, and
+scores it with the `eval_synthetic` metrics (sae-lens's `eval_sae_on_synthetic_data`) twice: with the
+fitted BatchTopK threshold ("fit") and with the global threshold calibrated so the mean L0 on fresh
+samples equals k ("cal", matched L0). All runs of a shape share the pool and the eval samples; a seed
+sets the SAE init and the batch order, so per-seed differences between settings are paired.
+
+    nice -n 10 python bench/exp_recipe_causes.py run switch      # switch-one grid on the tiny shape
+    nice -n 10 python bench/exp_recipe_causes.py run budget      # BatchTopK vs Matryoshka, longer (1,000 steps: switch)
+    python bench/exp_recipe_causes.py summary switch             # markdown tables from the results file
+
+Results append to bench/results/exp_recipe_causes/<grid>.jsonl (one JSON line per run; a rerun skips
+what is there). Pools are cached under $EXP_POOL_DIR (default /tmp/exp_recipe_causes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from evals.synthetic.evaluate import CoderAsSAE, flat_metrics, score
+from pipeline.config.recipe import RecipeSpec
+from pipeline.config.synthetic import SyntheticSpec
+from pipeline.loading import load_config
+from pipeline.recipes.coder import SparseCoder, build_coder
+from pipeline.synthetic.model import build_model, sample
+
+RESULTS = Path(__file__).parent / "results" / "exp_recipe_causes"
+POOLS = Path(os.environ.get("EXP_POOL_DIR", "/tmp/exp_recipe_causes"))
+BATCH = 1024
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+"""Two-sided 95% t quantiles by degrees of freedom (seeds - 1)."""
+
+TINY = SyntheticSpec.model_validate({
+    "num_features": 512, "hidden_dim": 64,
+    "firing": {"exponent": 0.5, "max_prob": 0.4, "min_prob": 5e-4},
+    "hierarchy": {"n_roots": 8, "branching": 4, "depth": 2, "mutually_exclusive": 1.0, "scale_children_by_parent": True},
+    "correlation": {"rank": 10, "scale": 0.1}, "orthogonalization": {"steps": 100, "lr": 3e-4},
+    "seed": 7, "eval_samples": 20_000, "probe_samples": 40_000,
+})
+"""synth_small's recipe of a model at a quarter of its size: 512 features in 64 dims (8x superposition)."""
+
+SAE_LENS_AUX = {"coefficient": 1.0, "scale_by_dead": True, "relu": False}
+"""sae-lens's AuxK (with k_aux = d_in // 2, filled in per shape)."""
+OURS_DEAD, SAE_LENS_DEAD = 100_000, 1000 * BATCH
+"""Rows without firing before a latent counts dead: synth_small's setting vs sae-lens's 1,000 steps."""
+
+
+def sae_lens_style(d_in: int) -> dict[str, Any]:
+    """Recipe keys + dead window that make our trainer compute sae-lens's BatchTopK (tests/test_recipes.py)."""
+    return {"decoder": {"norm": "rescale", "init_norm": 0.1}, "b_dec_init": "zeros",
+            "aux_k": {"k_aux": d_in // 2, **SAE_LENS_AUX}, "dead_after": SAE_LENS_DEAD}
+
+
+def ours_style() -> dict[str, Any]:
+    return {"decoder": {"norm": "project", "init_norm": 1.0}, "b_dec_init": "data_mean",
+            "aux_k": {"k_aux": 512, "coefficient": 1 / 32, "scale_by_dead": False, "relu": True}, "dead_after": OURS_DEAD}
+
+
+def switch_grid(d_in: int) -> list[tuple[str, dict[str, Any]]]:
+    """ours, sae-lens-style, and each knob switched alone from one to the other, both directions."""
+    ours, sl = ours_style(), sae_lens_style(d_in)
+    swaps = {
+        "decoder": ("decoder",), "b_dec": ("b_dec_init",), "aux": ("aux_k",), "dead_window": ("dead_after",),
+    }
+    grid = [("ours", ours), ("sae_lens", sl)]
+    for name, keys in swaps.items():
+        grid.append((f"ours+{name}", {**ours, **{k: sl[k] for k in keys}}))
+        grid.append((f"sae_lens-{name}", {**sl, **{k: ours[k] for k in keys}}))
+    grid.append(("ours+rescale", {**ours, "decoder": {"norm": "rescale", "init_norm": 1.0}}))
+    grid.append(("sae_lens-init_norm", {**sl, "decoder": {"norm": "rescale", "init_norm": 1.0}}))
+    return grid
+
+
+GRIDS: dict[str, dict[str, Any]] = {
+    "switch": {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256], "steps": {1000: [0, 1, 2]},
+               "pool": 1_024_000, "lr": 1e-3},
+    "budget": {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256], "steps": {4000: [0, 1, 2]},
+               "pool": 1_024_000, "lr": 1e-3},
+}
+"""k / true L0: 10 / 4.1 on tiny, 25 / 10.65 on synth_small (both about 2.4). Steps -> seeds."""
+
+
+def shape_spec(name: str) -> SyntheticSpec:
+    return TINY if name == "tiny" else load_config("synth_small")[0].synthetic  # type: ignore[return-value]
+
+
+def pool(name: str, n: int, model: Any) -> torch.Tensor:
+    """n training samples of the shape, sampled once and cached (the sampling costs more than training)."""
+    path = POOLS / f"{name}_{n}.pt"
+    if path.exists():
+        return torch.load(path)
+    POOLS.mkdir(parents=True, exist_ok=True)
+    x, _ = sample(model, n, seed=12345)
+    torch.save(x, path)
+    return x
+
+
+def batches(x: torch.Tensor, seed: int) -> Iterator[torch.Tensor]:
+    """Batches of the pool in a seed's order, a fresh permutation per pass."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(x.shape[0], generator=gen)
+        for first in range(0, x.shape[0] - BATCH + 1, BATCH):
+            yield x[order[first:first + BATCH]]
+
+
+def train(recipe: RecipeSpec, x: torch.Tensor, d_sae: int, k: int, seed: int, steps: int, lr: float, dead_after: int) -> tuple[SparseCoder, dict[str, float]]:
+    """The `train` stage's loop for trainer saepipe (pipeline/stages/train.py), without its I/O."""
+    torch.manual_seed(seed)
+    coder = build_coder(recipe, x.shape[1], d_sae, k, seed)
+    opt = torch.optim.Adam(coder.parameters(), lr=lr, betas=(0.9, 0.999))
+    since_fired = torch.zeros(d_sae, dtype=torch.long)
+    stream = batches(x, seed)
+    started = time.perf_counter()
+    for step in range(steps):
+        xb = next(stream)
+        if step == 0:
+            coder.init_b_dec(xb)
+        out = coder.training_loss(xb, step, steps, since_fired > dead_after)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(coder.parameters(), 1.0)
+        opt.step()
+        coder.normalize_decoder()
+        with torch.no_grad():
+            fired = torch.zeros(d_sae, dtype=torch.long).index_add_(0, out.active.latents, (out.active.values != 0).long())
+            since_fired += BATCH
+            since_fired.masked_fill_(fired > 0, 0)
+    coder.fold_decoder_norm()
+    return coder, {"train_s": time.perf_counter() - started, "final_mse": float(out.stats["mse"]),
+                   "dead_at_end": int((since_fired > dead_after).sum())}
+
+
+@torch.no_grad()
+def calibrate(coder: SparseCoder, x: torch.Tensor) -> float:
+    """Set the global inference threshold so the mean L0 on `x` is k (BatchTopK over x); returns it."""
+    W_enc, b_enc, _ = coder.effective_weights()
+    h = ((x - coder.b_dec) @ W_enc + b_enc).relu().flatten()
+    cut = torch.topk(h, coder.k * x.shape[0]).values.min()
+    coder.activation.threshold_global.fill_(float(cut))
+    return float(cut)
+
+
+def run_grid(grid_name: str) -> None:
+    g = GRIDS[grid_name]
+    spec = shape_spec(g["shape"])
+    model = build_model(spec, on="cpu")
+    x = pool(g["shape"], g["pool"], model)
+    calib, _ = sample(model, 16_384, seed=999)
+    d_in = x.shape[1]
+    out_path = RESULTS / f"{grid_name}.jsonl"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["setting"], r["arch"], r["seed"], r["steps"]) for r in map(json.loads, out_path.open())} if out_path.exists() else set()
+    settings = switch_grid(d_in) if grid_name == "switch" else [("ours", ours_style())]
+    for steps, seeds in g["steps"].items():
+        for seed in seeds:
+            for arch in ("batchtopk", "matryoshka"):
+                for name, s in settings:
+                    if (name, arch, seed, steps) in done:
+                        continue
+                    recipe = {"activation": "batchtopk", "decoder": s["decoder"], "b_dec_init": s["b_dec_init"], "aux_k": s["aux_k"]}
+                    if arch == "matryoshka":
+                        recipe["matryoshka"] = {"levels": g["levels"]}
+                    coder, info = train(RecipeSpec.model_validate(recipe), x, g["d_sae"], g["k"], seed, steps, g["lr"], s["dead_after"])
+                    coder.eval()
+                    fit = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
+                    info["threshold_fit"] = float(coder.activation.threshold_global)
+                    info["threshold_cal"] = calibrate(coder, calib)
+                    cal = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
+                    row = {"setting": name, "arch": arch, "seed": seed, "steps": steps, "shape": g["shape"], "lr": g["lr"],
+                           "d_sae": g["d_sae"], "k": g["k"], "recipe": recipe, "dead_after": s["dead_after"],
+                           "fit": fit, "cal": cal, **info}
+                    with out_path.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(f"{name:22s} {arch:10s} s{seed} {steps:5d} steps  F1 fit {fit['f1']:.3f} (L0 {fit['l0']:.1f})"
+                          f"  cal {cal['f1']:.3f}  MCC {cal['mcc']:.3f}  {info['train_s']:.0f}s", flush=True)
+
+
+def mean_ci(v: list[float]) -> tuple[float, float]:
+    """Mean and 95% t half-width (0 for one value)."""
+    m = sum(v) / len(v)
+    if len(v) < 2:
+        return m, 0.0
+    sd = math.sqrt(sum((a - m) ** 2 for a in v) / (len(v) - 1))
+    return m, T95[len(v) - 1] * sd / math.sqrt(len(v))
+
+
+def summary(grid_name: str) -> None:
+    """Per (steps, arch, setting): metric means ± 95% t over seeds, and F1 paired against the setting's base."""
+    rows = [json.loads(line) for line in (RESULTS / f"{grid_name}.jsonl").open()]
+    by: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault((r["steps"], r["arch"], r["setting"]), {})[r["seed"]] = r
+    print("| steps | arch | setting | seeds | F1 (cal) | ΔF1 vs base, paired | MCC (cal) | EV (cal) | F1 (fit) | L0 (fit) | dead |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (steps, arch, setting), seeds in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], not kv[0][2] in ("ours", "sae_lens"), kv[0][2])):
+        base = by.get((steps, arch, "sae_lens" if setting.startswith("sae_lens") else "ours"), {})
+        common = sorted(set(seeds) & set(base))
+        cell = lambda key, var: "%.3f ± %.3f" % mean_ci([seeds[s][var][key] for s in sorted(seeds)])  # noqa: E731
+        delta = "—" if setting in ("ours", "sae_lens") else "%+.3f ± %.3f" % mean_ci([seeds[s]["cal"]["f1"] - base[s]["cal"]["f1"] for s in common])
+        l0 = "%.1f ± %.1f" % mean_ci([seeds[s]["fit"]["l0"] for s in sorted(seeds)])
+        dead = "%.0f" % mean_ci([seeds[s]["cal"]["dead_latents"] for s in sorted(seeds)])[0]
+        print(f"| {steps} | {arch} | {setting} | {len(seeds)} | {cell('f1', 'cal')} | {delta} | {cell('mcc', 'cal')} "
+              f"| {cell('explained_variance', 'cal')} | {cell('f1', 'fit')} | {l0} | {dead} |")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(int(os.environ.get("EXP_THREADS", "1")))
+    command, grid = sys.argv[1], sys.argv[2]
+    {"run": run_grid, "summary": summary}[command](grid)
