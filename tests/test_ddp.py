@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     raw = train_config(recipe=RECIPE, train_tokens=64 * STEPS, dead_after_tokens=128, checkpoint_every=20)
     config = write_config(root, raw)
     cfg = parse_config(raw)
-    stores = {name: ArtifactStore(root / name) for name in ("one", "two", "killed")}
+    stores = {name: ArtifactStore(root / name) for name in ("one", "two", "killed", "termed-launcher", "termed-all")}
     for store in stores.values():
         write_activations(store, cfg)
     train = train_stage(cfg)
@@ -121,3 +122,33 @@ def test_kill_9_of_torchrun_then_rerun_resumes_to_the_same_result(runs: dict[str
     weights = "sae/sae_weights.safetensors"
     assert sha256_file(killed.path("train", key) / weights) == sha256_file(runs["two"].path("train", key) / weights)
     assert trained(killed, key)[1] == trained(runs["two"], key)[1]
+
+
+@pytest.mark.parametrize("to", ["launcher", "all"])
+def test_sigterm_to_torchrun_checkpoints_exits_and_resumes_to_the_same_result(runs: dict[str, Any], to: str) -> None:
+    """SLURM's time-limit warning: SIGTERM to the launcher alone (it passes it on to its ranks), or to
+    every process of the job step at once (as slurmstepd signals a step's tasks). Rank 0 must
+    checkpoint, the whole job must exit (not hang, not lose the checkpoint), and a re-run finish with
+    the weights of the uninterrupted run."""
+    key, termed = runs["train"].key, runs[f"termed-{to}"]
+    ckpts = termed.root / "train" / ".work" / key / "checkpoints"
+    proc = torchrun(runs["config"], key, termed.root, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not any(p.name >= "ckpt-00000040" for p in ckpts.glob("ckpt-*")):
+        assert proc.poll() is None, "the run finished before it could be signalled"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+    for pid in [proc.pid, *(children(proc.pid) if to == "all" else [])]:
+        os.kill(pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, "a pre-empted job must not look finished"
+    found = re.search(r"SIGTERM at step (\d+); checkpoint saved", out)
+    assert found, f"rank 0 did not checkpoint on SIGTERM; output:\n{out[-3000:]}"
+    step = int(found.group(1))
+    assert 40 <= step < STEPS and (ckpts / f"ckpt-{step:08d}").is_dir()
+    assert not termed.is_complete("train", key)
+    out = finish(torchrun(runs["config"], key, termed.root))
+    assert f"resuming from ckpt-{step:08d}" in out
+    weights = "sae/sae_weights.safetensors"
+    assert sha256_file(termed.path("train", key) / weights) == sha256_file(runs["two"].path("train", key) / weights)
+    assert trained(termed, key)[1] == trained(runs["two"], key)[1]
