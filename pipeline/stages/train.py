@@ -47,6 +47,7 @@ from pipeline.training.checkpoint import (
     read_info,
     save_checkpoint,
 )
+from pipeline.training.contract import ADAM_BETAS, GRAD_CLIP
 from pipeline.training.distributed import (
     Ranks,
     any_rank,
@@ -58,7 +59,7 @@ from pipeline.training.metrics import MetricLog
 from pipeline.training.ops_choice import resolve_ops
 from pipeline.training.preemption import Preempted, stop_on_sigterm
 from pipeline.training.stream import ShardStream, as_tensor
-from pipeline.training.trainables import ADAM_BETAS, GRAD_CLIP, build_trainable
+from pipeline.training.trainables import build_trainable
 
 SAE_DIR = "sae"
 LOG_FILE = "train_log.json"

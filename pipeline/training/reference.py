@@ -31,7 +31,7 @@ import torch
 
 from pipeline.config.recipe import RecipeSpec
 from pipeline.recipes.collective import world
-from pipeline.training.trainables import ADAM_BETAS, StepResult
+from pipeline.training.contract import ADAM_BETAS, StepResult
 
 SHAPE_FIELDS = frozenset({"d_in", "d_sae", "k", "matryoshka_widths", "dtype", "device", "metadata"})
 """Set by the run's shape (d_sae, k, recipe levels) and placement; not settable through sae_lens_config."""
