@@ -26,8 +26,9 @@ VALUES = {
     "p": {"f1": [0.85, 0.90, 0.95], "mcc": [0.10, 0.12, 0.11], "dead_latents": [0, 0, 0], "l0": [10.0, 10.0, 10.0]},
 }
 TRAINERS = {"a": "saepipe", "b": "sae_lens", "p": "pca"}
-DIFFERS = {"b": {"aux_loss_coefficient": 0.03125, "lr_warm_up_steps": 0}}
-"""b's train result records the settings that differ from sae-lens's defaults (a and p record none)."""
+DIFFERS = {"b": {"aux_loss_coefficient": [0.03125, 1.0], "lr_warm_up_steps": [0, 1000], "note": "x"}}
+"""b's train result records the settings that differ from sae-lens's defaults, as the train stage does
+({setting: [ours, sae-lens default]}; a value of another shape is shown as it is); a and p record none."""
 BATCH = 100
 LOG_A = [{"loss": 1.0 / (i + 1), "mse": 0.5, "l0": 10.0 + i % 2, "dead_latents": float(i // 50)} for i in range(250)]
 LOG_B = [{"loss": 2.0, "mse": 1.0} for _ in range(7)]  # an older log: no L0, no dead-latent count
@@ -158,8 +159,9 @@ def test_differs_from_reference_is_shown_per_sae(report: tuple[dict, str, str]) 
     rows = {(r["sae"], r["seed"]): r for r in summary["saes"]}
     assert rows["b", 1]["differs_from_reference"] == DIFFERS["b"] and "differs_from_reference" not in rows["a", 1]
     saes = md.split("## SAEs")[1].split("## Scoreboard")[0]
-    assert "| b | 1 | sae_lens | 64 | 4 | 1000 | aux_loss_coefficient=0.03125, lr_warm_up_steps=0 |" in saes
-    assert "aux_loss_coefficient=0.03125, lr_warm_up_steps=0" in page
+    shown = "aux_loss_coefficient 0.03125 (sae-lens 1.0), lr_warm_up_steps 0 (sae-lens 1000), note x"
+    assert f"| b | 1 | sae_lens | 64 | 4 | 1000 | {shown} |" in saes and "| a | 1 | saepipe | 64 | 4 | 1000 |  |" in saes
+    assert shown in page
 
 
 def test_training_curves_from_the_train_logs(report: tuple[dict, str, str]) -> None:

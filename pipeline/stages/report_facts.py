@@ -13,10 +13,21 @@ FACTS = ("sae", "spec", "shape", "seed", "trainer", "d_sae", "k", "train_tokens"
 
 
 def differs_text(differs: dict[str, Any] | None) -> str:
-    """``key=value`` per setting that differs from the reference trainer's default ('' when none recorded)."""
+    """'lr 0.001 (sae-lens 0.0003)' per setting that differs from the reference trainer's default (the train
+    stage records ``{setting: [ours, sae-lens default]}``); any other value is shown as it is."""
     if not differs:
         return ""
-    return ", ".join(f"{k}={json.dumps(v, separators=(',', ':')) if isinstance(v, dict | list) else v}" for k, v in differs.items())
+    parts = []
+    for k, v in differs.items():
+        if isinstance(v, list) and len(v) == 2:
+            parts.append(f"{k} {_value(v[0])} (sae-lens {_value(v[1])})")
+        else:
+            parts.append(f"{k} {_value(v)}")
+    return ", ".join(parts)
+
+
+def _value(v: Any) -> str:
+    return json.dumps(v, separators=(",", ":")) if isinstance(v, dict | list) else str(v)
 
 
 def train_facts(manifest: dict[str, Any]) -> dict[str, Any]:
