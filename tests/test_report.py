@@ -152,6 +152,7 @@ def test_baselines_are_marked_and_never_bold(report: tuple[dict, str, str]) -> N
     assert p["dead_latents"] == "0 ± 0 ≈ †" and p["f1"] == "0.9 ± 0.12"  # f1: separated from a, at the same L0
     assert '<tr class="baseline"><td>p<span class="tag">baseline</span>' in page
     assert "<b>0.9 ±" not in page and "<b>0.6 ± 0.25" in page  # the HTML bolds the same best as the markdown
+    assert "p (baseline)" in page.split("<h2>Plots</h2>")[1].split("<h2>")[0]  # the plots label it too (and keep it off the front)
 
 
 def test_differs_from_reference_is_shown_per_sae(report: tuple[dict, str, str]) -> None:

@@ -69,13 +69,16 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = Tru
 
 
 def metric_vs_l0(agg: list[dict[str, Any]], metric: str, better: str | None) -> str | None:
-    pts = [(a["sae"], a["l0"], a[metric]) for a in agg if "l0" in a and metric in a]
+    """Each spec at its L0 with both intervals; the Pareto front over the trained SAEs (baselines are drawn as
+    crosses and are not on it)."""
+    pts = [(a["sae"], a["l0"], a[metric], a.get("baseline", False)) for a in agg if "l0" in a and metric in a]
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
-    for name, l0, m in pts:
-        ax.errorbar(l0["mean"], m["mean"], xerr=l0["ci95"] or None, yerr=m["ci95"] or None, fmt="o", capsize=3, label=name)
-    front = pareto_front([(l0["mean"], m["mean"]) for _, l0, m in pts], better != "lower")
+    for name, l0, m, base in pts:
+        ax.errorbar(l0["mean"], m["mean"], xerr=l0["ci95"] or None, yerr=m["ci95"] or None, fmt="x" if base else "o",
+                    capsize=3, label=f"{name} (baseline)" if base else name)  # fmt: skip
+    front = pareto_front([(l0["mean"], m["mean"]) for _, l0, m, base in pts if not base], better != "lower")
     ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=0.8, label="Pareto front")
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel(metric + (" (lower is better)" if better == "lower" else ""))
