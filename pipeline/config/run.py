@@ -78,7 +78,8 @@ class SAESpec(Strict):
     checkpoint_every: PositiveInt = 50
     """Steps between checkpoints (weights, optimizer, data position, RNG)."""
     dead_after_tokens: PositiveInt = 200_000
-    """A latent that has not fired for this many tokens counts as dead (feeds the auxiliary loss)."""
+    """A latent that has not fired for this many tokens counts as dead (feeds the auxiliary loss).
+    Trainer sae_lens, unless written: sae-lens's dead_feature_window, 1000 batches."""
     shuffle_shards: PositiveInt = 4
     """Shards mixed together when shuffling; peak memory is this many shards."""
     autocast: Literal["none", "bf16"] = "none"
