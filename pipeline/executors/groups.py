@@ -15,17 +15,14 @@ from collections.abc import Iterable
 
 from pipeline.dag import Stage
 
-PREP_PREFIX = "prep:"
-"""How an eval stage names its prep inputs (``pipeline.plan``)."""
-
-
 def group_key(stage: Stage) -> tuple[str, ...] | None:
-    """(kind, prep input keys, model) for a per-SAE eval stage; None for a stage that runs alone."""
+    """(kind, model, every input but the SAE: the preps, a synthetic model) for a per-SAE eval stage;
+    None for a stage that runs alone."""
     if not stage.kind.startswith("eval_") or stage.kind == "eval_prep" or "sae" not in stage.inputs:
         return None
-    preps = sorted(f"{name}={inp.key}" for name, inp in stage.inputs.items() if name.startswith(PREP_PREFIX))
+    shared = sorted(f"{name}={inp.key}" for name, inp in stage.inputs.items() if name != "sae")
     model = json.dumps(stage.params.get("model"), sort_keys=True)  # an eval's own model; None: the run's
-    return (stage.kind, model, *preps)
+    return (stage.kind, model, *shared)
 
 
 def grouped(stages: Iterable[Stage], size: int) -> list[list[Stage]]:
