@@ -334,23 +334,26 @@ def test_failed_stage_cancels_dependents_and_rerun_completes(tmp_path: Path, slu
 
 
 def test_sweep_goes_out_as_job_arrays(tmp_path: Path, slurm_root: Path) -> None:
-    """Three seeds of one SAE spec: one array for the trains, one for the evals, then the report."""
+    """Three seeds of one SAE spec: one array for the trains, one job for the evals (a group: one
+    process, one model load), then the report."""
     cfg_path = write_config(tmp_path, slurm_config("tiny-sweep", saes=[sae("sweep", d_sae=128, seeds=[0, 1, 2])]))
     plan = plan_of(cfg_path)
     ensure_activations(cfg_path, slurm_root)
     run_cli("run", str(cfg_path), "--wait", "--quiet", artifacts=slurm_root, timeout=900)
 
     jobs = jobs_of(slurm_root, "tiny-sweep")
-    for kind in ("train", "eval_core"):
-        records = [jobs[s.key] for s in plan.values() if s.kind == kind]
-        assert len(records) == 3
-        assert len({r["job_id"] for r in records}) == 1, records
-        assert sorted(r["array_task"] for r in records) == [0, 1, 2]
-        array_id = records[0]["job_id"]
-        tasks = [ln for ln in scontrol(array_id).splitlines() if f"ArrayJobId={array_id} " in ln]
-        assert len(tasks) == 3 and all("JobState=COMPLETED" in t for t in tasks), tasks
-    train_array = jobs[plan["train:sweep-s0"].key]["job_id"]
-    assert jobs[plan["eval_core:sweep-s0"].key]["dependency"] == train_array  # afterok on the whole array
+    trains = [jobs[s.key] for s in plan.values() if s.kind == "train"]
+    assert len({r["job_id"] for r in trains}) == 1 and sorted(r["array_task"] for r in trains) == [0, 1, 2], trains
+    array_id = trains[0]["job_id"]
+    tasks = [ln for ln in scontrol(array_id).splitlines() if f"ArrayJobId={array_id} " in ln]
+    assert len(tasks) == 3 and all("JobState=COMPLETED" in t for t in tasks), tasks
+    evals = [jobs[s.key] for s in plan.values() if s.kind == "eval_core"]
+    assert len(evals) == 3 and len({r["job_id"] for r in evals}) == 1 and {r["array_task"] for r in evals} == {None}, evals
+    assert "JobState=COMPLETED" in scontrol(evals[0]["job_id"])
+    log = Path(evals[0]["log"]).read_text()
+    assert all(f"{s.label} ({s.key}) complete" in log for s in plan.values() if s.kind == "eval_core"), log
+    preps = {jobs[s.key]["job_id"] for s in plan.values() if s.kind == "eval_prep" and s.key in jobs}  # unless done earlier
+    assert set(evals[0]["dependency"].split(":")) == {array_id, *preps}  # afterok on the whole train array
     for s in plan.values():
         assert (slurm_root / s.kind / s.key / "manifest.json").exists(), s.label
     summary = json.loads((slurm_root / "tiny-sweep" / "summary.json").read_text())
