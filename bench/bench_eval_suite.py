@@ -286,22 +286,36 @@ def main() -> None:
     parser.add_argument("--work", help="keep the stores here (default: a temp dir): a rerun reuses the activations and SAEs")
     parser.add_argument("--memory-only", action="store_true", help="only the per-stage peak memory (1 SAE)")
     parser.add_argument("--core-only", action="store_true", help="only eval_core per SAE, against sae-bench's run_evals")
+    parser.add_argument("--groups-only", action="store_true", help="only grouped vs separate run-stage processes (4 SAEs)")
     parser.add_argument("--skip-reference", action="store_true", help="leave out sae-bench's own runners (sparse probing, core)")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         tmp = Path(args.work) if args.work else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         tmp.mkdir(parents=True, exist_ok=True)
-        if args.core_only or args.memory_only:
-            raw1 = bench_config(args.config, args.tokens, 1, args.train_tokens)
-            store = ArtifactStore(tmp / "base")
-            train_all(raw1, store)
-            part = ("core_per_sae", bench_core(raw1, store, tmp)) if args.core_only else (
-                "peak_rss_mib_1_sae", peak_memory(raw1, clone_upstream(store, tmp / "mem"), tmp))
+        if args.core_only or args.memory_only or args.groups_only:
+            part = one_part(args, tmp)
             print(json.dumps(part[1], indent=2))
             previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-            save({**previous, part[0]: part[1], f"load_after_{part[0]}": load_average()}, args.out)
+            save({**previous, part[0]: {**part[1], "load_after": load_average()}}, args.out)
             return
         suite(args, tmp)
+
+
+def one_part(args: argparse.Namespace, tmp: Path) -> tuple[str, Any]:
+    """One part of the suite on its own: (its name in the results, what it measured)."""
+    if args.groups_only:
+        raw4 = bench_config(args.config, args.tokens, 4, args.train_tokens)
+        base = ArtifactStore(tmp / "base")
+        train_all(raw4, base)
+        if not (tmp / "s4" / "eval_prep").exists():  # the preps, as the suite's 4-SAE run leaves them
+            run_ours(raw4, clone_upstream(base, tmp / "s4"), tmp)
+        return "groups", bench_groups(raw4, ArtifactStore(tmp / "s4"), tmp)
+    raw1 = bench_config(args.config, args.tokens, 1, args.train_tokens)
+    store = ArtifactStore(tmp / "base")
+    train_all(raw1, store)
+    if args.core_only:
+        return "core_per_sae", bench_core(raw1, store, tmp)
+    return "peak_rss_mib_1_sae", peak_memory(raw1, clone_upstream(store, tmp / "mem"), tmp)
 
 
 def suite(args: argparse.Namespace, tmp: Path) -> None:
