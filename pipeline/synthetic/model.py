@@ -147,10 +147,12 @@ def chunk_rows(model: SyntheticModel) -> int:
 
 
 @torch.no_grad()
-def sample_chunks(model: SyntheticModel, n: int, seed: int, with_features: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """`n` samples in chunks of `chunk_rows(model)`, drawn from one stream seeded with `seed`:
+def sample_chunks(model: SyntheticModel, n: int, seed: int, with_features: bool = False,
+                  step: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """`n` samples in chunks of `step` rows (default `chunk_rows(model)`; the chunking is part of the
+    stream, so the stages keep the default), drawn from one stream seeded with `seed`:
     (hidden (rows, hidden_dim), feature activations (rows, num_features) or None)."""
-    step = chunk_rows(model)
+    step = step or chunk_rows(model)
     with seeded(seed):
         for first in range(0, n, step):
             rows = min(step, n - first)

@@ -93,15 +93,17 @@ def run_activations(ctx: StageContext) -> dict[str, Any]:
         for shard_i in range(len(done), n_shards):
             first = shard_i * rows_per_shard
             want = min(rows_per_shard, n_rows - first)
-            parts = []
+            acts_out = np.empty((want, d_in), dtype=np_dtype)  # each draw is copied once, into place
+            at = 0
             for hidden, _ in sample_chunks(model, want, derive_seed(spec.seed, "train", shard_i)):
-                parts.append(hidden.float().cpu().numpy().astype(np_dtype, copy=False))
+                acts_out[at : at + hidden.shape[0]] = hidden.cpu().numpy()
+                at += hidden.shape[0]
                 bar.advance(hidden.shape[0])
             index = np.arange(first, first + want)
             info = write_shard(
                 ctx.work,
                 shard_i,
-                np.concatenate(parts),
+                acts_out,
                 np.zeros(want, dtype=np.int64),
                 index // ROWS_PER_CONTEXT,
                 index % ROWS_PER_CONTEXT,
