@@ -11,11 +11,12 @@ shards (the stage's own `seconds_this_attempt`, so process start-up is not count
 2-thread intra-op parallelism. Repeats, interleaved: 5 (a), 3 (b); reports the median and the range.
 Writes bench/results/feeding.json.
 
-Usage: nice -n 10 python bench/bench_feeding.py
+Usage: nice -n 10 python bench/bench_feeding.py [--only feeding|ddp]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -110,16 +111,25 @@ def ddp(tmp: Path, repeats: int) -> dict[str, object]:
             summary = store.manifest("train", train.key)["summary"]
             measured.append(summary["tokens"] / summary["seconds_this_attempt"])
     ratios = [two / one for two, one in zip(rates["two_ranks"], rates["one_process"])]
-    return {**rates, "ratios_two_ranks_over_one_process": ratios, "ratio_median": statistics.median(ratios)}
+    per_thread = [two / one for two, one in zip(rates["two_ranks"], rates["one_process_1_thread"])]
+    return {**rates, "ratios_two_ranks_over_one_process": ratios, "ratio_median": statistics.median(ratios),
+            "ratios_two_ranks_over_one_thread": per_thread, "ratio_over_one_thread_median": statistics.median(per_thread)}
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                               "load_average_at_start": os.getloadavg()},
-                   "feeding": feeding(Path(tmp), 5), "ddp": ddp(Path(tmp), 3)}
-    results["machine"]["load_average_at_end"] = os.getloadavg()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", choices=["feeding", "ddp"], help="run one part; the other's last results are kept")
+    args = parser.parse_args()
     out = REPO / "bench" / "results" / "feeding.json"
+    results = json.loads(out.read_text()) if args.only and out.exists() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        results["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                              "load_average_at_start": os.getloadavg(), "parts_measured": args.only or "both"}
+        if args.only != "ddp":
+            results["feeding"] = feeding(Path(tmp), 5)
+        if args.only != "feeding":
+            results["ddp"] = ddp(Path(tmp), 3)
+    results["machine"]["load_average_at_end"] = os.getloadavg()
     out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 
