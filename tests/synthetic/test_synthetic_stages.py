@@ -132,3 +132,17 @@ def test_sample_streams_are_deterministic_and_leave_global_rng_alone() -> None:
     assert hashlib.sha256(a.numpy().tobytes()).hexdigest() == hashlib.sha256(b.numpy().tobytes()).hexdigest()
 
 
+
+
+def test_sampling_device_defaults_to_the_cpu_and_stays_out_of_the_keys() -> None:
+    from pipeline.synthetic.model import sampling_device
+
+    spec = SyntheticSpec(num_features=32, hidden_dim=16)
+    assert "sampling_device" not in spec.model_dump()  # keys written before the setting existed still hold
+    assert sampling_device(spec, "auto") == "cpu"  # the same vectors on every machine
+    on_device = SyntheticSpec(num_features=32, hidden_dim=16, sampling_device="device")
+    assert SyntheticSpec.model_validate(on_device.model_dump()).sampling_device == "device"  # keyed, and read back
+    assert sampling_device(on_device, "cpu") == "cpu"
+    assert sampling_device(on_device, "auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValidationError, match="sampling_device"):
+        SyntheticSpec(sampling_device="gpu")
