@@ -198,3 +198,31 @@ def test_sigterm_checkpoint_and_resume_is_bit_for_bit(tmp_path: Path, monkeypatc
     resumed = execute(cfg, store, train, QUIET)
     for f in ("sae/sae_weights.safetensors", "train_log.json"):
         assert sha256_file(resumed / f) == sha256_file(clean / f), f
+
+
+def test_our_trainer_reports_each_difference_and_none_once_set_to_sae_lens_choices() -> None:
+    from pipeline.config.recipe import RecipeSpec
+    from pipeline.training.trainables import build_trainable
+
+    def differences(recipe: dict[str, Any], lr: float, window: float) -> dict[str, list[Any]]:
+        trainable = build_trainable("saepipe", RecipeSpec.model_validate(recipe), D_IN, D_SAE, K, 0, torch.device("cpu"), "sparse")
+        return trainable.differences(lr, window, False)
+
+    assert differences({}, LR, 97.5) == {
+        "b_dec_init": ["data_mean", "zeros"],
+        "decoder_init_norm": [1.0, 0.1],
+        "rescale_acts_by_decoder_norm": [False, True],
+        "aux_loss_coefficient": [1 / 32, 1.0],
+        "k_aux": [512, D_IN // 2],
+        "aux_scale_by_dead": [False, True],
+        "aux_relu": [True, False],
+        "lr": [LR, 3e-4],
+        "dead_feature_window": [97.5, 1000],
+    }
+    as_sae_lens = {
+        "b_dec_init": "zeros",
+        "decoder": {"norm": "rescale", "init_norm": 0.1},
+        "aux_k": {"coefficient": 1.0, "k_aux": D_IN // 2, "scale_by_dead": True, "relu": False},
+    }
+    assert differences(as_sae_lens, 3e-4, 1000) == {}
+    assert differences({**as_sae_lens, "matryoshka": {"levels": [16, D_SAE], "detach_inner": True}}, 3e-4, 1000) == {"detach_inner": [True, None]}
