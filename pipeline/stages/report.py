@@ -287,4 +287,4 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return {"saes": len(rows), "missing_inputs": run_level["missing_inputs"]}
 
 
-KIND = StageKind("report", 2, run, partial_inputs=True, planned_bytes=disk.small)
+KIND = StageKind("report", 3, run, partial_inputs=True, planned_bytes=disk.small)  # 3: curves, baselines, examples
