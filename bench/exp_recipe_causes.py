@@ -10,6 +10,7 @@ sets the SAE init and the batch order, so per-seed differences between settings 
     nice -n 10 python bench/exp_recipe_causes.py run switch      # switch-one grid on the tiny shape
     nice -n 10 python bench/exp_recipe_causes.py run budget      # BatchTopK vs Matryoshka, longer (1,000 steps: switch)
     python bench/exp_recipe_causes.py summary switch             # markdown tables from the results file
+    nice -n 10 python bench/exp_recipe_causes.py baselines switch  # untrained-SAE baseline + probe ceiling
 
 Results append to bench/results/exp_recipe_causes/<grid>.jsonl (one JSON line per run; a rerun skips
 what is there). Pools are cached under $EXP_POOL_DIR (default /tmp/exp_recipe_causes).
@@ -88,6 +89,10 @@ GRIDS: dict[str, dict[str, Any]] = {
                "pool": 1_024_000, "lr": 1e-3},
 }
 """k / true L0: 10 / 4.1 on tiny, 25 / 10.65 on synth_small (both about 2.4). Steps -> seeds."""
+PRIORITY = [(("ours", "sae_lens"), None), (("ours+decoder", "sae_lens-decoder"), None), (("ours+b_dec", "sae_lens-b_dec"), None),
+            (("ours+rescale", "sae_lens-init_norm"), [0]), (("ours+aux", "sae_lens-aux", "ours+dead_window", "sae_lens-dead_window"), [0])]
+"""The switch grid's order on a shared 2-core machine: settings groups, each on every seed (None) or on
+the seeds listed, so a cut-off run leaves the most important comparisons complete."""
 
 
 def shape_spec(name: str) -> SyntheticSpec:
@@ -120,13 +125,16 @@ def train(recipe: RecipeSpec, x: torch.Tensor, d_sae: int, k: int, seed: int, st
     coder = build_coder(recipe, x.shape[1], d_sae, k, seed)
     opt = torch.optim.Adam(coder.parameters(), lr=lr, betas=(0.9, 0.999))
     since_fired = torch.zeros(d_sae, dtype=torch.long)
+    max_dead = 0
     stream = batches(x, seed)
     started = time.perf_counter()
     for step in range(steps):
         xb = next(stream)
         if step == 0:
             coder.init_b_dec(xb)
-        out = coder.training_loss(xb, step, steps, since_fired > dead_after)
+        dead = since_fired > dead_after
+        max_dead = max(max_dead, int(dead.sum()))
+        out = coder.training_loss(xb, step, steps, dead)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(coder.parameters(), 1.0)
@@ -138,7 +146,7 @@ def train(recipe: RecipeSpec, x: torch.Tensor, d_sae: int, k: int, seed: int, st
             since_fired.masked_fill_(fired > 0, 0)
     coder.fold_decoder_norm()
     return coder, {"train_s": time.perf_counter() - started, "final_mse": float(out.stats["mse"]),
-                   "dead_at_end": int((since_fired > dead_after).sum())}
+                   "dead_at_end": int((since_fired > dead_after).sum()), "max_dead_in_training": max_dead}
 
 
 @torch.no_grad()
@@ -162,28 +170,53 @@ def run_grid(grid_name: str) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["setting"], r["arch"], r["seed"], r["steps"]) for r in map(json.loads, out_path.open())} if out_path.exists() else set()
     settings = switch_grid(d_in) if grid_name == "switch" else [("ours", ours_style())]
-    for steps, seeds in g["steps"].items():
-        for seed in seeds:
-            for arch in ("batchtopk", "matryoshka"):
-                for name, s in settings:
-                    if (name, arch, seed, steps) in done:
-                        continue
-                    recipe = {"activation": "batchtopk", "decoder": s["decoder"], "b_dec_init": s["b_dec_init"], "aux_k": s["aux_k"]}
-                    if arch == "matryoshka":
-                        recipe["matryoshka"] = {"levels": g["levels"]}
-                    coder, info = train(RecipeSpec.model_validate(recipe), x, g["d_sae"], g["k"], seed, steps, g["lr"], s["dead_after"])
-                    coder.eval()
-                    fit = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
-                    info["threshold_fit"] = float(coder.activation.threshold_global)
-                    info["threshold_cal"] = calibrate(coder, calib)
-                    cal = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
-                    row = {"setting": name, "arch": arch, "seed": seed, "steps": steps, "shape": g["shape"], "lr": g["lr"],
-                           "d_sae": g["d_sae"], "k": g["k"], "recipe": recipe, "dead_after": s["dead_after"],
-                           "fit": fit, "cal": cal, **info}
-                    with out_path.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    print(f"{name:22s} {arch:10s} s{seed} {steps:5d} steps  F1 fit {fit['f1']:.3f} (L0 {fit['l0']:.1f})"
-                          f"  cal {cal['f1']:.3f}  MCC {cal['mcc']:.3f}  {info['train_s']:.0f}s", flush=True)
+    groups = [(names, only) for names, only in PRIORITY] if grid_name == "switch" else [(("ours",), None)]
+    by_name = dict(settings)
+    plan = [(steps, seed, arch, name, by_name[name]) for names, only in groups
+            for steps, seeds in g["steps"].items() for seed in (seeds if only is None else only)
+            for arch in ("batchtopk", "matryoshka") for name in names]
+    for steps, seed, arch, name, s in plan:
+            if (name, arch, seed, steps) in done:
+                continue
+            recipe = {"activation": "batchtopk", "decoder": s["decoder"], "b_dec_init": s["b_dec_init"], "aux_k": s["aux_k"]}
+            if arch == "matryoshka":
+                recipe["matryoshka"] = {"levels": g["levels"]}
+            coder, info = train(RecipeSpec.model_validate(recipe), x, g["d_sae"], g["k"], seed, steps, g["lr"], s["dead_after"])
+            coder.eval()
+            fit = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
+            info["threshold_fit"] = float(coder.activation.threshold_global)
+            info["threshold_cal"] = calibrate(coder, calib)
+            cal = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
+            row = {"setting": name, "arch": arch, "seed": seed, "steps": steps, "shape": g["shape"], "lr": g["lr"],
+                   "d_sae": g["d_sae"], "k": g["k"], "recipe": recipe, "dead_after": s["dead_after"],
+                   "fit": fit, "cal": cal, **info}
+            with out_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{name:22s} {arch:10s} s{seed} {steps:5d} steps  F1 fit {fit['f1']:.3f} (L0 {fit['l0']:.1f})"
+                  f"  cal {cal['f1']:.3f}  MCC {cal['mcc']:.3f}  {info['train_s']:.0f}s", flush=True)
+
+
+def baselines(grid_name: str) -> None:
+    """Beside every score: an untrained SAE of the same shape (threshold calibrated to L0 k, 3 seeds)
+    and the supervised-probe ceiling (one logistic probe per true feature, the eval_synthetic prep)."""
+    from evals.synthetic.prepare import run_probes
+
+    g = GRIDS[grid_name]
+    spec = shape_spec(g["shape"])
+    model = build_model(spec, on="cpu")
+    calib, _ = sample(model, 16_384, seed=999)
+    out: dict[str, Any] = {"random": []}
+    for seed in (0, 1, 2):
+        coder = build_coder(RecipeSpec(), calib.shape[1], g["d_sae"], g["k"], seed)
+        coder.init_b_dec(calib)
+        coder.eval()
+        calibrate(coder, calib)
+        out["random"].append(flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242)))
+    probe = run_probes(model, spec.probe_samples, seed=31337)
+    out["probe"] = {k: v for k, v in probe.items() if k != "per_feature_f1"}
+    (RESULTS / f"{grid_name}_baselines.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps({"random_f1": [r["f1"] for r in out["random"]], "random_mcc": [r["mcc"] for r in out["random"]],
+                      "probe": out["probe"]}, indent=1))
 
 
 def mean_ci(v: list[float]) -> tuple[float, float]:
@@ -217,4 +250,4 @@ def summary(grid_name: str) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(int(os.environ.get("EXP_THREADS", "1")))
     command, grid = sys.argv[1], sys.argv[2]
-    {"run": run_grid, "summary": summary}[command](grid)
+    {"run": run_grid, "summary": summary, "baselines": baselines}[command](grid)
