@@ -48,7 +48,11 @@ from pipeline.executors.local import run_local  # noqa: E402
 from pipeline.plan import build_plan  # noqa: E402
 from pipeline.progress import Reporter  # noqa: E402
 
-EVAL_KINDS = {"eval_prep", "eval_core", "eval_sparse_probing", "eval_absorption", "eval_scr", "eval_tpp", "eval_unlearning"}
+
+
+def is_eval(kind: str) -> bool:
+    """Every eval stage kind, the shared preps included (a fixed list missed eval_sae_probes)."""
+    return kind.startswith("eval_")
 
 
 def bench_config(base: str, tokens: int, n_saes: int, train_tokens: int = 300_000) -> dict[str, Any]:
@@ -111,7 +115,7 @@ def clone_upstream(src: ArtifactStore, dst: Path, kinds: tuple[str, ...] = ("act
 def stage_seconds(store: ArtifactStore, raw: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for s in build_plan(parse_config(raw)):
-        if s.kind in EVAL_KINDS and store.is_complete(s.kind, s.key):
+        if is_eval(s.kind) and store.is_complete(s.kind, s.key):
             out[s.label] = store.manifest(s.kind, s.key)["timings"]["seconds"]
     return out
 
