@@ -184,7 +184,7 @@ def peak_memory(raw: dict[str, Any], store: ArtifactStore, folder: Path) -> dict
     cfg_path = write(raw, folder)
     out = {}
     for s in build_plan(parse_config(raw)):
-        if s.kind not in EVAL_KINDS:
+        if not is_eval(s.kind):
             continue
         cmd = [sys.executable, "-m", "pipeline.cli", "run-stage", str(cfg_path), s.key, "--artifacts", str(store.root), "--quiet"]
         proc = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], cwd=REPO, capture_output=True, text=True)
