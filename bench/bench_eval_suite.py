@@ -49,7 +49,6 @@ from pipeline.plan import build_plan  # noqa: E402
 from pipeline.progress import Reporter  # noqa: E402
 
 
-
 def is_eval(kind: str) -> bool:
     """Every eval stage kind, the shared preps included (a fixed list missed eval_sae_probes)."""
     return kind.startswith("eval_")
