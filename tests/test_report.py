@@ -64,7 +64,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     store = ArtifactStore(root)
     cfg = parse_config(tiny_config())
     inputs = {}
-    logs = {"a-s0": LOG_A, "b-s0": LOG_B}
+    logs = {"a-s0": LOG_A, "b-s0": LOG_B, "p-s0": []}  # the baseline's log has no steps: no curve
     for spec, metrics in VALUES.items():
         for seed in range(3):
             sae_id = f"{spec}-s{seed}"
@@ -173,7 +173,7 @@ def test_training_curves_from_the_train_logs(report: tuple[dict, str, str]) -> N
     assert a["l0"][0] == pytest.approx(31 / 3) and a["dead_latents"][-1] == 4.0
     b = summary["training_curves"]["b-s0"]
     assert set(b) == {"tokens", "loss"} and b["tokens"] == [float(i * BATCH) for i in range(1, 8)]
-    assert "a-s1" not in summary["training_curves"]  # no log: no curve, and no error
+    assert "a-s1" not in summary["training_curves"] and "p-s0" not in summary["training_curves"]  # no log / no steps
     table = md.split("## Training curves")[1].split("\n## ")[0]
     row_a = next(ln for ln in table.splitlines() if ln.startswith("| a | 0 |"))
     cells = [c.strip() for c in row_a.strip("|").split("|")]

@@ -61,7 +61,8 @@ def collect(ctx: StageContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             trains[sae_id] = train_facts(manifest)
             if "train_log.json" in manifest.get("files", {}):
                 log = json.loads(ctx.store.verified_file(inp.kind, inp.key, "train_log.json").read_text())
-                run_level["training_curves"][sae_id] = reduce_log(log["steps"], manifest["params"]["batch_size"])
+                if curve := reduce_log(log["steps"], manifest["params"]["batch_size"]):  # {} for a log of no steps
+                    run_level["training_curves"][sae_id] = curve
             continue
         base, _, variant = sae_id.partition("+")
         reported = ctx.kinds[inp.kind].reported
