@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from pipeline.dag import Stage
 
+
 def group_key(stage: Stage) -> tuple[str, ...] | None:
     """(kind, model, every input but the SAE: the preps, a synthetic model) for a per-SAE eval stage;
     None for a stage that runs alone."""
