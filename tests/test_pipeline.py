@@ -301,7 +301,7 @@ def test_a_group_of_evals_in_one_process_keeps_the_good_saes_when_one_sae_is_bro
     weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
 
     cmd = [sys.executable, "-m", "pipeline.cli", "run-stage", str(cfg_path), *(s.key for s in evals), "--artifacts", str(store.root), "--quiet"]
-    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"})
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"}, check=False)
     out = first.stdout + first.stderr
     assert first.returncode == 1, out
     assert f"eval_core:btk-s1 ({evals[1].key}) FAILED" in out
@@ -317,7 +317,7 @@ def test_a_group_of_evals_in_one_process_keeps_the_good_saes_when_one_sae_is_bro
     assert not list((store.root / "eval_core" / ".staging").glob("*"))  # the failed one left no half artifact
 
     weights.write_bytes(original)  # the cause fixed: the same job again computes only what failed
-    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"})
+    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"}, check=False)
     out = second.stdout + second.stderr
     assert second.returncode == 0, out
     assert f"eval_core:btk-s1 ({evals[1].key}) complete" in out
