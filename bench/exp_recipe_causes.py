@@ -85,14 +85,18 @@ def switch_grid(d_in: int) -> list[tuple[str, dict[str, Any]]]:
 GRIDS: dict[str, dict[str, Any]] = {
     "switch": {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256], "steps": {1000: [0, 1, 2]},
                "pool": 1_024_000, "lr": 1e-3},
-    "budget": {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256], "steps": {4000: [0, 1, 2]},
+    "budget": {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256], "steps": {4000: [0, 1, 2], 16000: [0]},
                "pool": 1_024_000, "lr": 1e-3},
 }
 """k / true L0: 10 / 4.1 on tiny, 25 / 10.65 on synth_small (both about 2.4). Steps -> seeds."""
-PRIORITY = [(("ours", "sae_lens"), None), (("ours+decoder", "sae_lens-decoder"), None), (("ours+b_dec", "sae_lens-b_dec"), None),
-            (("ours+rescale", "sae_lens-init_norm"), [0]), (("ours+aux", "sae_lens-aux", "ours+dead_window", "sae_lens-dead_window"), [0])]
+PRIORITY = [(("ours", "sae_lens"), None), (("ours+decoder", "sae_lens-decoder"), None),
+            (("sae_lens-dead_window", "ours+rescale", "sae_lens-init_norm"), [0]), (("ours+b_dec", "sae_lens-b_dec"), None),
+            (("ours+aux", "sae_lens-aux", "ours+dead_window"), [0]), (("sae_lens-dead_window",), [1, 2])]
 """The switch grid's order on a shared 2-core machine: settings groups, each on every seed (None) or on
 the seeds listed, so a cut-off run leaves the most important comparisons complete."""
+BUDGET_ORDER = [(("ours", "sae_lens"), None)]
+BUDGET_RUNS = {(4000, "ours"), (4000, "sae_lens"), (16000, "ours")}
+"""The budget grid: ours and sae-lens-style at 4,000 steps, ours alone at 16,000 (1,000: the switch grid)."""
 
 
 def shape_spec(name: str) -> SyntheticSpec:
@@ -169,31 +173,31 @@ def run_grid(grid_name: str) -> None:
     out_path = RESULTS / f"{grid_name}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["setting"], r["arch"], r["seed"], r["steps"]) for r in map(json.loads, out_path.open())} if out_path.exists() else set()
-    settings = switch_grid(d_in) if grid_name == "switch" else [("ours", ours_style())]
-    groups = [(names, only) for names, only in PRIORITY] if grid_name == "switch" else [(("ours",), None)]
+    settings = switch_grid(d_in)
     by_name = dict(settings)
-    plan = [(steps, seed, arch, name, by_name[name]) for names, only in groups
+    plan = [(steps, seed, arch, name, by_name[name]) for names, only in (PRIORITY if grid_name == "switch" else BUDGET_ORDER)
             for steps, seeds in g["steps"].items() for seed in (seeds if only is None else only)
-            for arch in ("batchtopk", "matryoshka") for name in names]
+            for arch in ("batchtopk", "matryoshka") for name in names if grid_name == "switch" or (steps, name) in BUDGET_RUNS]
+    only_steps, only_arch = os.environ.get("EXP_STEPS"), os.environ.get("EXP_ARCH")  # to split a grid over processes
     for steps, seed, arch, name, s in plan:
-            if (name, arch, seed, steps) in done:
-                continue
-            recipe = {"activation": "batchtopk", "decoder": s["decoder"], "b_dec_init": s["b_dec_init"], "aux_k": s["aux_k"]}
-            if arch == "matryoshka":
-                recipe["matryoshka"] = {"levels": g["levels"]}
-            coder, info = train(RecipeSpec.model_validate(recipe), x, g["d_sae"], g["k"], seed, steps, g["lr"], s["dead_after"])
-            coder.eval()
-            fit = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
-            info["threshold_fit"] = float(coder.activation.threshold_global)
-            info["threshold_cal"] = calibrate(coder, calib)
-            cal = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
-            row = {"setting": name, "arch": arch, "seed": seed, "steps": steps, "shape": g["shape"], "lr": g["lr"],
-                   "d_sae": g["d_sae"], "k": g["k"], "recipe": recipe, "dead_after": s["dead_after"],
-                   "fit": fit, "cal": cal, **info}
-            with out_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"{name:22s} {arch:10s} s{seed} {steps:5d} steps  F1 fit {fit['f1']:.3f} (L0 {fit['l0']:.1f})"
-                  f"  cal {cal['f1']:.3f}  MCC {cal['mcc']:.3f}  {info['train_s']:.0f}s", flush=True)
+        if (name, arch, seed, steps) in done or (only_steps and int(only_steps) != steps) or (only_arch and only_arch != arch):
+            continue
+        recipe = {"activation": "batchtopk", "decoder": s["decoder"], "b_dec_init": s["b_dec_init"], "aux_k": s["aux_k"]}
+        if arch == "matryoshka":
+            recipe["matryoshka"] = {"levels": g["levels"]}
+        coder, info = train(RecipeSpec.model_validate(recipe), x, g["d_sae"], g["k"], seed, steps, g["lr"], s["dead_after"])
+        coder.eval()
+        fit = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
+        info["threshold_fit"] = float(coder.activation.threshold_global)
+        info["threshold_cal"] = calibrate(coder, calib)
+        cal = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
+        row = {"setting": name, "arch": arch, "seed": seed, "steps": steps, "shape": g["shape"], "lr": g["lr"],
+               "d_sae": g["d_sae"], "k": g["k"], "recipe": recipe, "dead_after": s["dead_after"],
+               "fit": fit, "cal": cal, **info}
+        with out_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{name:22s} {arch:10s} s{seed} {steps:5d} steps  F1 fit {fit['f1']:.3f} (L0 {fit['l0']:.1f})"
+              f"  cal {cal['f1']:.3f}  MCC {cal['mcc']:.3f}  {info['train_s']:.0f}s", flush=True)
 
 
 def baselines(grid_name: str) -> None:
@@ -245,6 +249,15 @@ def summary(grid_name: str) -> None:
         dead = "%.0f" % mean_ci([seeds[s]["cal"]["dead_latents"] for s in sorted(seeds)])[0]
         print(f"| {steps} | {arch} | {setting} | {len(seeds)} | {cell('f1', 'cal')} | {delta} | {cell('mcc', 'cal')} "
               f"| {cell('explained_variance', 'cal')} | {cell('f1', 'fit')} | {l0} | {dead} |")
+    print("\n| steps | setting | seeds | Matryoshka − BatchTopK, F1 (cal), paired | same, MCC |")
+    print("|---|---|---|---|---|")
+    for (steps, arch, setting), mat in sorted(by.items()):
+        btk = by.get((steps, "batchtopk", setting), {}) if arch == "matryoshka" else {}
+        common = sorted(set(mat) & set(btk))
+        if common:
+            f1 = mean_ci([mat[s]["cal"]["f1"] - btk[s]["cal"]["f1"] for s in common])
+            mcc = mean_ci([mat[s]["cal"]["mcc"] - btk[s]["cal"]["mcc"] for s in common])
+            print(f"| {steps} | {setting} | {len(common)} | {f1[0]:+.3f} ± {f1[1]:.3f} | {mcc[0]:+.3f} ± {mcc[1]:.3f} |")
 
 
 if __name__ == "__main__":
