@@ -122,14 +122,12 @@ def main() -> None:
     args = parser.parse_args()
     out = REPO / "bench" / "results" / "feeding.json"
     results = json.loads(out.read_text()) if args.only and out.exists() else {}
+    results["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
-        results["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                              "load_average_at_start": os.getloadavg(), "parts_measured": args.only or "both"}
-        if args.only != "ddp":
-            results["feeding"] = feeding(Path(tmp), 5)
-        if args.only != "feeding":
-            results["ddp"] = ddp(Path(tmp), 3)
-    results["machine"]["load_average_at_end"] = os.getloadavg()
+        for part, measure in (("feeding", lambda: feeding(Path(tmp), 5)), ("ddp", lambda: ddp(Path(tmp), 3))):
+            if args.only in (None, part):
+                start = os.getloadavg()
+                results[part] = {**measure(), "load_average_at_start": start, "load_average_at_end": os.getloadavg()}
     out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 
