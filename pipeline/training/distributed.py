@@ -10,7 +10,7 @@ import inspect
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -18,10 +18,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.recipes.collective import all_max, world
+from pipeline.training.contract import StepResult, Trainable
 from pipeline.training.device import resolve_device
-
-if TYPE_CHECKING:  # types only: the trainers (sae-lens among them) load when a stage builds one
-    from pipeline.training.trainables import StepResult, Trainable
 
 
 class Ranks(NamedTuple):
