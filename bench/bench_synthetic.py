@@ -102,6 +102,7 @@ def sae_lens_runner(model_dir: Path, samples: int, eval_samples: int) -> tuple[d
         sae=BatchTopKTrainingSAEConfig(d_in=model.cfg.hidden_dim, d_sae=D_SAE, k=K),
         training_samples=samples, batch_size=BATCH, lr=LR, eval_samples=eval_samples, device="cpu", run_final_eval=False,
         logger=LoggingConfig(log_to_wandb=False),  # offline; not a training setting
+        output_path=None,  # its default writes ./output into the checkout
     )
     runner_module.SyntheticActivationIterator = TimedIterator
     try:
