@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from evals.synthetic.evaluate import CoderAsSAE, flat_metrics, score
 from pipeline.config.recipe import RecipeSpec
@@ -105,12 +106,12 @@ def shape_spec(name: str) -> SyntheticSpec:
 
 def pool(name: str, n: int, model: Any) -> torch.Tensor:
     """n training samples of the shape, sampled once and cached (the sampling costs more than training)."""
-    path = POOLS / f"{name}_{n}.pt"
+    path = POOLS / f"{name}_{n}.safetensors"
     if path.exists():
-        return torch.load(path)
+        return load_file(str(path))["x"]
     POOLS.mkdir(parents=True, exist_ok=True)
     x, _ = sample(model, n, seed=12345)
-    torch.save(x, path)
+    save_file({"x": x.contiguous()}, str(path))
     return x
 
 
