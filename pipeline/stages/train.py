@@ -206,6 +206,7 @@ def train(ctx: StageContext, ranks: Ranks) -> dict[str, Any]:
             if step % p["checkpoint_every"] == 0 and step < n_steps:
                 checkpoint()
 
+    seconds = time.perf_counter() - started  # the loop alone: saving below imports sae-lens (seconds, not a rate)
     dead = int((since_fired > dead_after).sum())
     if rank == 0:
         trainable.save(ctx.out / SAE_DIR, sae_metadata(ctx) | {"num_dead_features": dead})
@@ -224,7 +225,7 @@ def train(ctx: StageContext, ranks: Ranks) -> dict[str, Any]:
         "autocast": p["autocast"],
         "device": device.type,
         "data_parallel_ranks": world,
-        "seconds_this_attempt": round(time.perf_counter() - started, 2),
+        "seconds_this_attempt": round(seconds, 2),
     }
 
 
