@@ -88,6 +88,22 @@ def trained(store: ArtifactStore, key: str) -> tuple[dict[str, torch.Tensor], di
     return load_file(folder / "sae" / "saepipe_coder.safetensors"), json.loads((folder / "train_log.json").read_text())
 
 
+def wait_for_checkpoint(proc: subprocess.Popen[str], ckpts: Path, step: int, timeout: float = 180) -> None:
+    """Until a checkpoint at `step` or later exists, while the run is still going (so it can be interrupted)."""
+    deadline = time.monotonic() + timeout
+    while not any(p.name >= f"ckpt-{step:08d}" for p in ckpts.glob("ckpt-*")):
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+
+
+def assert_same_result(store: ArtifactStore, reference: ArtifactStore, key: str) -> None:
+    """The resumed run's weights are the uninterrupted run's, bit for bit, and so is its training log."""
+    weights = "sae/sae_weights.safetensors"
+    assert sha256_file(store.path("train", key) / weights) == sha256_file(reference.path("train", key) / weights)
+    assert trained(store, key)[1] == trained(reference, key)[1]
+
+
 def test_two_gloo_ranks_train_what_one_process_trains(runs: dict[str, Any]) -> None:
     key = runs["train"].key
     (w1, log1), (w2, log2) = trained(runs["one"], key), trained(runs["two"], key)
@@ -106,11 +122,7 @@ def test_kill_9_of_torchrun_then_rerun_resumes_to_the_same_result(runs: dict[str
     key, killed = runs["train"].key, runs["killed"]
     ckpts = killed.root / "train" / ".work" / key / "checkpoints"
     proc = torchrun(runs["config"], key, killed.root, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while not any(p.name >= "ckpt-00000040" for p in ckpts.glob("ckpt-*")):
-        assert proc.poll() is None, "the run finished before it could be killed"
-        assert time.monotonic() < deadline, "no checkpoint in time"
-        time.sleep(0.05)
+    wait_for_checkpoint(proc, ckpts, 40)
     ranks = children(proc.pid)
     assert len(ranks) == 2
     for group in [proc.pid, *ranks]:  # torchrun starts each rank in its own session: kill all three groups
@@ -119,9 +131,7 @@ def test_kill_9_of_torchrun_then_rerun_resumes_to_the_same_result(runs: dict[str
     assert not killed.is_complete("train", key)
     out = finish(torchrun(runs["config"], key, killed.root))
     assert "resuming from ckpt-" in out
-    weights = "sae/sae_weights.safetensors"
-    assert sha256_file(killed.path("train", key) / weights) == sha256_file(runs["two"].path("train", key) / weights)
-    assert trained(killed, key)[1] == trained(runs["two"], key)[1]
+    assert_same_result(killed, runs["two"], key)
 
 
 @pytest.mark.parametrize("to", ["launcher", "all"])
@@ -133,11 +143,7 @@ def test_sigterm_to_torchrun_checkpoints_exits_and_resumes_to_the_same_result(ru
     key, termed = runs["train"].key, runs[f"termed-{to}"]
     ckpts = termed.root / "train" / ".work" / key / "checkpoints"
     proc = torchrun(runs["config"], key, termed.root, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while not any(p.name >= "ckpt-00000040" for p in ckpts.glob("ckpt-*")):
-        assert proc.poll() is None, "the run finished before it could be signalled"
-        assert time.monotonic() < deadline, "no checkpoint in time"
-        time.sleep(0.05)
+    wait_for_checkpoint(proc, ckpts, 40)
     for pid in [proc.pid, *(children(proc.pid) if to == "all" else [])]:
         os.kill(pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -149,6 +155,4 @@ def test_sigterm_to_torchrun_checkpoints_exits_and_resumes_to_the_same_result(ru
     assert not termed.is_complete("train", key)
     out = finish(torchrun(runs["config"], key, termed.root))
     assert f"resuming from ckpt-{step:08d}" in out
-    weights = "sae/sae_weights.safetensors"
-    assert sha256_file(termed.path("train", key) / weights) == sha256_file(runs["two"].path("train", key) / weights)
-    assert trained(termed, key)[1] == trained(runs["two"], key)[1]
+    assert_same_result(termed, runs["two"], key)
