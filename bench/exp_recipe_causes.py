@@ -9,6 +9,7 @@ sets the SAE init and the batch order, so per-seed differences between settings 
 
     nice -n 10 python bench/exp_recipe_causes.py run switch      # switch-one grid on the tiny shape
     nice -n 10 python bench/exp_recipe_causes.py run budget      # BatchTopK vs Matryoshka, longer (1,000 steps: switch)
+    nice -n 19 python bench/exp_recipe_causes.py run budget_small  # the same on synth_small's shape, 2k/8k/32k steps
     python bench/exp_recipe_causes.py summary switch             # markdown tables from the results file
     nice -n 10 python bench/exp_recipe_causes.py baselines switch  # untrained-SAE baseline + probe ceiling
 
@@ -88,6 +89,9 @@ GRIDS: dict[str, dict[str, Any]] = {
                "pool": 1_024_000, "lr": 1e-3},
     "budget": {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256], "steps": {4000: [0, 1, 2], 16000: [0]},
                "pool": 1_024_000, "lr": 1e-3},
+    "budget_small": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024],
+                     "steps": {32000: [0], 8000: [0, 1, 2], 2000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3,
+                     "runs": {(32000, "ours"), (8000, "ours"), (2000, "ours")}},
 }
 """k / true L0: 10 / 4.1 on tiny, 25 / 10.65 on synth_small (both about 2.4). Steps -> seeds."""
 PRIORITY = [(("ours", "sae_lens"), None), (("ours+decoder", "sae_lens-decoder"), None),
@@ -178,7 +182,7 @@ def run_grid(grid_name: str) -> None:
     by_name = dict(settings)
     plan = [(steps, seed, arch, name, by_name[name]) for names, only in (PRIORITY if grid_name == "switch" else BUDGET_ORDER)
             for steps, seeds in g["steps"].items() for seed in (seeds if only is None else only)
-            for arch in ("batchtopk", "matryoshka") for name in names if grid_name == "switch" or (steps, name) in BUDGET_RUNS]
+            for arch in ("batchtopk", "matryoshka") for name in names if grid_name == "switch" or (steps, name) in g.get("runs", BUDGET_RUNS)]
     only_steps, only_arch = os.environ.get("EXP_STEPS"), os.environ.get("EXP_ARCH")  # to split a grid over processes
     for steps, seed, arch, name, s in plan:
         if (name, arch, seed, steps) in done or (only_steps and int(only_steps) != steps) or (only_arch and only_arch != arch):
