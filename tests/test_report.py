@@ -213,6 +213,25 @@ def test_suite_counts_leave_baselines_out() -> None:
     assert any(ln.startswith("| a | **0.61 ± 0.025** | **0.51 ± 0.025** |") for ln in lines)  # a, not the higher baseline, is each shape's best
 
 
+def test_suite_marks_comparisons_whose_l0_is_not_matched() -> None:
+    """On `deep` b runs at L0 11 against a's 10 (10% apart): b's cell there and the a-b pair's `deep` are
+    marked †; on `flat` they are 4% apart (within 5%): no mark. The count still counts deep."""
+    from pipeline.stages import report_suite
+    from pipeline.stages.report import aggregate
+
+    l0 = {("a", "flat"): 10.0, ("b", "flat"): 10.4, ("a", "deep"): 10.0, ("b", "deep"): 11.0}
+    rows = [{"sae": f"{spec}@{shape}", "spec": spec, "shape": shape, "seed": seed, "baseline": False,
+             "f1": base + 0.01 * seed, "l0": l0[spec, shape]}
+            for spec, base in (("a", 0.5), ("b", 0.3)) for shape in ("flat", "deep") for seed in range(3)]  # fmt: skip
+    suite = report_suite.summarise(aggregate(rows), {"headline": ["f1"], "better": {"f1": "higher"}})
+    pair = suite["pairs"][0]
+    assert pair["l0_not_matched"] == ["deep"] and sorted(pair["a_better_on"]) == ["deep", "flat"]
+    lines = report_suite.markdown(suite)
+    assert "| b | 0.31 ± 0.025 † | 0.31 ± 0.025 |" in lines  # shapes in row order: deep, flat
+    row = next(ln for ln in lines if ln.startswith("| f1 | a | b |"))
+    assert row.endswith("| 2 of 2 | 0 of 2 | deep +0.2 ± 0.023 †, flat +0.2 ± 0.023 | deep |")
+
+
 def test_every_metric_direction_is_declared(report: tuple[dict, str, str]) -> None:
     better = report[0]["better"]
     assert better["f1"] == "higher" and better["dead_latents"] == "lower" and better["l0"] is None

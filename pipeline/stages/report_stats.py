@@ -67,12 +67,16 @@ def best_by_metric(agg: list[dict[str, Any]], cols: list[str], better: dict[str,
     return best
 
 
-def l0_mismatch(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """True when both have an L0 and they differ by more than ``L0_TOLERANCE`` of the larger."""
-    if "l0" not in a or "l0" not in b:
+def l0_apart(x: float | None, y: float | None) -> bool:
+    """True when both mean L0s are known and differ by more than ``L0_TOLERANCE`` of the larger."""
+    if x is None or y is None:
         return False
-    x, y = a["l0"]["mean"], b["l0"]["mean"]
     return abs(x - y) > L0_TOLERANCE * max(abs(x), abs(y), 1e-12)
+
+
+def l0_mismatch(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """`l0_apart` for two aggregated specs (False when either has no L0)."""
+    return l0_apart(a["l0"]["mean"] if "l0" in a else None, b["l0"]["mean"] if "l0" in b else None)
 
 
 def marks(a: dict[str, Any], col: str, best: dict[str, dict[str, Any]]) -> tuple[bool, bool, bool]:

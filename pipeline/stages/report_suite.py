@@ -4,14 +4,23 @@ A recipe that wins on one synthetic model may lose on another (other superpositi
 hierarchy depth, correlation), so a suite's claim is a count: spec A is better than spec B on a shape
 when Welch's test over seeds separates them (p < 0.05, `report_stats.within_noise`) and A's mean is on
 the metric's better side; the count comes with each shape's difference and its 95% interval. Baselines
-(``pca``, ``random``) appear in the tables, never as a shape's best and in no count.
+(``pca``, ``random``) appear in the tables, never as a shape's best and in no count. Recipes are meant to
+be compared at matched inference L0: a cell whose mean L0 on that shape is more than 5% from the shape's
+best's, and a pair's shape where the two L0s are that far apart, are marked † (still counted).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline.stages.report_stats import difference, interval95, within_noise
+from pipeline.stages.report_stats import (
+    L0_TOLERANCE,
+    difference,
+    interval95,
+    l0_apart,
+    l0_mismatch,
+    within_noise,
+)
 
 PROBE = "probe_baseline"
 """Run-level name of a shape's probe ceiling (`probe_baseline@<shape>`)."""
@@ -51,7 +60,7 @@ def summarise(agg: list[dict[str, Any]], run_level: dict[str, Any]) -> dict[str,
         better = run_level["better"][m]
         table[m] = {
             spec: {s: {"mean": cell[s, spec][m]["mean"], "ci95": interval95(cell[s, spec][m]["values"])[0],
-                       "values": cell[s, spec][m]["values"]}
+                       "values": cell[s, spec][m]["values"], "l0": cell[s, spec].get("l0", {}).get("mean")}
                    for s in shapes if (s, spec) in cell and m in cell[s, spec]}
             for spec in specs
         }  # fmt: skip
@@ -64,6 +73,7 @@ def summarise(agg: list[dict[str, Any]], run_level: dict[str, Any]) -> dict[str,
                     "a_better_on": [s for s in common if _beats(table[m][x][s]["values"], table[m][y][s]["values"], better)],
                     "b_better_on": [s for s in common if _beats(table[m][y][s]["values"], table[m][x][s]["values"], better)],
                     "difference": {s: {"a_minus_b": d, "ci95": h} for s, (d, h) in diffs.items()},
+                    "l0_not_matched": [s for s in common if l0_mismatch(cell[s, x], cell[s, y])],
                 })  # fmt: skip
     probes = {s: run_level[f"{PROBE}@{s}"] for s in shapes if f"{PROBE}@{s}" in run_level}
     return {
@@ -78,8 +88,8 @@ def summarise(agg: list[dict[str, Any]], run_level: dict[str, Any]) -> dict[str,
 
 
 def _mark(table: dict[str, dict[str, Any]], spec: str, shape: str, better: str, baselines: list[str]) -> str:
-    """'mean ± ci', bold when the shape's best mean, '≈' when the seeds cannot tell it from that best
-    (baselines are marked against the best but are never it)."""
+    """'mean ± ci', bold when the shape's best mean, '≈' when the seeds cannot tell it from that best,
+    '†' when its mean L0 is not matched to that best's (baselines are marked against the best but are never it)."""
     here = table[spec].get(shape)
     rivals = [t[shape] for s, t in table.items() if shape in t and s not in baselines]
     if here is None or not rivals:
@@ -88,7 +98,7 @@ def _mark(table: dict[str, dict[str, Any]], spec: str, shape: str, better: str, 
     text = f"{here['mean']:.4g} ± {here['ci95']:.2g}"
     if here is best:
         return f"**{text}**"
-    return text + (" ≈" if within_noise(here["values"], best["values"]) else "")
+    return text + (" ≈" if within_noise(here["values"], best["values"]) else "") + (" †" if l0_apart(here["l0"], best["l0"]) else "")
 
 
 def markdown(suite: dict[str, Any]) -> list[str]:
@@ -96,7 +106,8 @@ def markdown(suite: dict[str, Any]) -> list[str]:
     shapes = suite["shapes"]
     lines = ["## Suite: each spec on each shape", "",
              "Mean ± 95% interval over seeds; bold: the shape's best; ≈: Welch's test over seeds cannot tell it",
-             "from that best (p ≥ 0.05); italic: a baseline, never a shape's best and in no count below."]  # fmt: skip
+             "from that best (p ≥ 0.05); italic: a baseline, never a shape's best and in no count below;",
+             f"†: its mean L0 on that shape differs from the best's by more than {L0_TOLERANCE:.0%} (not a matched-L0 comparison)."]  # fmt: skip
     for m, better in suite["metrics"].items():
         lines += ["", f"### {m} ({better} is better)", "", "| spec | " + " | ".join(shapes) + " |", "|" + "---|" * (len(shapes) + 1)]
         baselines = suite.get("baselines", [])
@@ -113,10 +124,13 @@ def markdown(suite: dict[str, Any]) -> list[str]:
                          f"{p.get('features_below_target', '')} | {p.get('converged', '')} |")  # fmt: skip
     lines += ["", "### Better on N of M shapes", "",
               "A is better than B on a shape when Welch's test over seeds separates them (p < 0.05) on the metric's",
-              "better side; each shape's A − B is shown with its 95% Welch interval.", "",
-              "| metric | A | B | A better on | B better on | A − B per shape |", "|---|---|---|---|---|---|"]  # fmt: skip
+              "better side; each shape's A − B is shown with its 95% Welch interval, † where A's and B's mean L0",
+              f"differ by more than {L0_TOLERANCE:.0%} there (counted, but not a matched-L0 comparison).", "",
+              "| metric | A | B | A better on | B better on | A − B per shape | L0 not matched |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in suite["pairs"]:
         n = p["shapes"]
-        diffs = ", ".join(f"{s} {d['a_minus_b']:+.3g} ± {d['ci95']:.2g}" for s, d in p["difference"].items())
-        lines.append(f"| {p['metric']} | {p['a']} | {p['b']} | {len(p['a_better_on'])} of {n} | {len(p['b_better_on'])} of {n} | {diffs} |")
+        off = p.get("l0_not_matched", [])
+        diffs = ", ".join(f"{s} {d['a_minus_b']:+.3g} ± {d['ci95']:.2g}" + (" †" if s in off else "") for s, d in p["difference"].items())
+        lines.append(f"| {p['metric']} | {p['a']} | {p['b']} | {len(p['a_better_on'])} of {n} | {len(p['b_better_on'])} of {n} | {diffs} "
+                     f"| {', '.join(off) or 'none'} |")  # fmt: skip
     return lines
