@@ -9,7 +9,7 @@ sets the SAE init and the batch order, so per-seed differences between settings 
 
     nice -n 10 python bench/exp_recipe_causes.py run switch      # switch-one grid on the tiny shape
     nice -n 10 python bench/exp_recipe_causes.py run budget      # BatchTopK vs Matryoshka, longer (1,000 steps: switch)
-    nice -n 19 python bench/exp_recipe_causes.py run budget_small  # the same on synth_small's shape, 2k/8k/32k steps
+    nice -n 19 python bench/exp_recipe_causes.py run budget_small  # the same on synth_small's shape, 1k/2k/4k/8k steps
     python bench/exp_recipe_causes.py summary switch             # markdown tables from the results file
     nice -n 10 python bench/exp_recipe_causes.py baselines switch  # untrained-SAE baseline + probe ceiling
 
@@ -19,13 +19,14 @@ what is there). Pools are cached under $EXP_POOL_DIR (default /tmp/exp_recipe_ca
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -90,10 +91,11 @@ GRIDS: dict[str, dict[str, Any]] = {
     "budget": {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256], "steps": {4000: [0, 1, 2], 16000: [0]},
                "pool": 1_024_000, "lr": 1e-3},
     "budget_small": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024],
-                     "steps": {32000: [0], 8000: [0, 1, 2], 2000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3,
-                     "runs": {(32000, "ours"), (8000, "ours"), (2000, "ours")}},
+                     "steps": {8000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3, "runs": {(8000, "ours")},
+                     "eval_at": [1000, 2000, 4000]},
 }
-"""k / true L0: 10 / 4.1 on tiny, 25 / 10.65 on synth_small (both about 2.4). Steps -> seeds."""
+"""k / true L0: 10 / 4.1 on tiny, 25 / 10.65 on synth_small (both about 2.4). Steps -> seeds. `eval_at`: a run
+is also scored at these steps, as its own row (lr and k are constant, so its state there is the shorter run's)."""
 PRIORITY = [(("ours", "sae_lens"), None), (("ours+decoder", "sae_lens-decoder"), None),
             (("sae_lens-dead_window", "ours+rescale", "sae_lens-init_norm"), [0]), (("ours+b_dec", "sae_lens-b_dec"), None),
             (("ours+aux", "sae_lens-aux", "ours+dead_window"), [0]), (("sae_lens-dead_window",), [1, 2])]
@@ -128,7 +130,8 @@ def batches(x: torch.Tensor, seed: int) -> Iterator[torch.Tensor]:
             yield x[order[first:first + BATCH]]
 
 
-def train(recipe: RecipeSpec, x: torch.Tensor, d_sae: int, k: int, seed: int, steps: int, lr: float, dead_after: int) -> tuple[SparseCoder, dict[str, float]]:
+def train(recipe: RecipeSpec, x: torch.Tensor, d_sae: int, k: int, seed: int, steps: int, lr: float, dead_after: int,
+          on_step: Callable[[int, SparseCoder, float], None] | None = None) -> tuple[SparseCoder, dict[str, float]]:
     """The `train` stage's loop for trainer saepipe (pipeline/stages/train.py), without its I/O."""
     torch.manual_seed(seed)
     coder = build_coder(recipe, x.shape[1], d_sae, k, seed)
@@ -153,6 +156,8 @@ def train(recipe: RecipeSpec, x: torch.Tensor, d_sae: int, k: int, seed: int, st
             fired = torch.zeros(d_sae, dtype=torch.long).index_add_(0, out.active.latents, (out.active.values != 0).long())
             since_fired += BATCH
             since_fired.masked_fill_(fired > 0, 0)
+        if on_step is not None:
+            on_step(step + 1, coder, time.perf_counter() - started)
     coder.fold_decoder_norm()
     return coder, {"train_s": time.perf_counter() - started, "final_mse": float(out.stats["mse"]),
                    "dead_at_end": int((since_fired > dead_after).sum()), "max_dead_in_training": max_dead}
@@ -184,25 +189,38 @@ def run_grid(grid_name: str) -> None:
             for steps, seeds in g["steps"].items() for seed in (seeds if only is None else only)
             for arch in ("batchtopk", "matryoshka") for name in names if grid_name == "switch" or (steps, name) in g.get("runs", BUDGET_RUNS)]
     only_steps, only_arch = os.environ.get("EXP_STEPS"), os.environ.get("EXP_ARCH")  # to split a grid over processes
+    only_seed = os.environ.get("EXP_SEED")
     for steps, seed, arch, name, s in plan:
-        if (name, arch, seed, steps) in done or (only_steps and int(only_steps) != steps) or (only_arch and only_arch != arch):
+        if (name, arch, seed, steps) in done or (only_steps and int(only_steps) != steps) or (only_arch and only_arch != arch) \
+                or (only_seed and int(only_seed) != seed):
             continue
         recipe = {"activation": "batchtopk", "decoder": s["decoder"], "b_dec_init": s["b_dec_init"], "aux_k": s["aux_k"]}
         if arch == "matryoshka":
             recipe["matryoshka"] = {"levels": g["levels"]}
-        coder, info = train(RecipeSpec.model_validate(recipe), x, g["d_sae"], g["k"], seed, steps, g["lr"], s["dead_after"])
-        coder.eval()
-        fit = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
-        info["threshold_fit"] = float(coder.activation.threshold_global)
-        info["threshold_cal"] = calibrate(coder, calib)
-        cal = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
-        row = {"setting": name, "arch": arch, "seed": seed, "steps": steps, "shape": g["shape"], "lr": g["lr"],
-               "d_sae": g["d_sae"], "k": g["k"], "recipe": recipe, "dead_after": s["dead_after"],
-               "fit": fit, "cal": cal, **info}
-        with out_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"{name:22s} {arch:10s} s{seed} {steps:5d} steps  F1 fit {fit['f1']:.3f} (L0 {fit['l0']:.1f})"
-              f"  cal {cal['f1']:.3f}  MCC {cal['mcc']:.3f}  {info['train_s']:.0f}s", flush=True)
+        row = {"setting": name, "arch": arch, "seed": seed, "shape": g["shape"], "lr": g["lr"],
+               "d_sae": g["d_sae"], "k": g["k"], "recipe": recipe, "dead_after": s["dead_after"]}
+
+        def record(coder: SparseCoder, info: dict[str, Any], at: int, row: dict[str, Any] = row) -> None:
+            coder.eval()
+            fit = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
+            info["threshold_fit"] = float(coder.activation.threshold_global)
+            info["threshold_cal"] = calibrate(coder, calib)
+            cal = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
+            with out_path.open("a") as f:
+                f.write(json.dumps({**row, "steps": at, "fit": fit, "cal": cal, **info}) + "\n")
+            print(f"{row['setting']:22s} {row['arch']:10s} s{row['seed']} {at:5d} steps  F1 fit {fit['f1']:.3f} (L0 {fit['l0']:.1f})"
+                  f"  cal {cal['f1']:.3f}  MCC {cal['mcc']:.3f}  {info['train_s']:.0f}s", flush=True)
+
+        def snapshot(at: int, live: SparseCoder, elapsed: float, row: dict[str, Any] = row, steps: int = steps) -> None:
+            """Score a copy at the grid's `eval_at` steps (the shorter runs, for the price of one)."""
+            if at in g.get("eval_at", ()) and at < steps and (row["setting"], row["arch"], row["seed"], at) not in done:
+                c = copy.deepcopy(live)
+                c.fold_decoder_norm()
+                record(c, {"train_s": elapsed, "snapshot_of": steps}, at)
+
+        coder, info = train(RecipeSpec.model_validate(recipe), x, g["d_sae"], g["k"], seed, steps, g["lr"], s["dead_after"],
+                            on_step=snapshot)
+        record(coder, info, steps)
 
 
 def baselines(grid_name: str) -> None:
