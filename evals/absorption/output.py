@@ -1,17 +1,12 @@
-"""Absorption's result in SAEBench's schema (sae-bench's own output classes), and what the report takes from it."""
+"""Absorption's result in SAEBench's schema (sae-bench's own output classes), and what the report takes from it.
+
+sae-bench is imported inside the functions that build the output: the plan reads ``REPORTED`` from this
+module and must not pay for (or need) sae-bench."""
 
 from __future__ import annotations
 
 import statistics
 from typing import TYPE_CHECKING, Any
-
-from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
-from sae_bench.evals.absorption.eval_output import (
-    AbsorptionEvalOutput,
-    AbsorptionMeanMetrics,
-    AbsorptionMetricCategories,
-    AbsorptionResultDetail,
-)
 
 from evals.absorption.config import AbsorptionParams
 from evals.common import saebench_output
@@ -19,6 +14,12 @@ from pipeline.kinds import Metric, Reported
 
 if TYPE_CHECKING:
     import pandas as pd
+    from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+    from sae_bench.evals.absorption.eval_output import (
+        AbsorptionEvalOutput,
+        AbsorptionMeanMetrics,
+        AbsorptionResultDetail,
+    )
 
     from evals.contract import EvalEnv
 
@@ -27,6 +28,8 @@ RESULT_FILE = "absorption.json"
 
 def result_details(agg: pd.DataFrame, f1_probe: dict[str, float], p: AbsorptionParams) -> list[AbsorptionResultDetail]:
     """Per letter whose LLM probe passes ``min_GT_probe_f1``: sae-bench's aggregated absorption numbers."""
+    from sae_bench.evals.absorption.eval_output import AbsorptionResultDetail
+
     return [
         AbsorptionResultDetail(
             first_letter=row["letter"], mean_absorption_fraction=float(row["mean_absorption_fraction"]),
@@ -42,6 +45,8 @@ def result_details(agg: pd.DataFrame, f1_probe: dict[str, float], p: AbsorptionP
 
 def mean_metrics(details: list[AbsorptionResultDetail]) -> AbsorptionMeanMetrics:
     """Means and standard deviations over the letters, as SAEBench's ``run_eval`` reports them."""
+    from sae_bench.evals.absorption.eval_output import AbsorptionMeanMetrics
+
     fractions = [d.mean_absorption_fraction for d in details]
     full_rates = [d.full_absorption_rate for d in details]
     splits = [d.num_split_features for d in details]
@@ -57,6 +62,11 @@ def mean_metrics(details: list[AbsorptionResultDetail]) -> AbsorptionMeanMetrics
 
 def build_output(p: AbsorptionParams, env: EvalEnv, sae: Any, details: list[AbsorptionResultDetail],
                  unstructured_results: dict[str, Any]) -> AbsorptionEvalOutput:  # fmt: skip
+    from sae_bench.evals.absorption.eval_output import (
+        AbsorptionEvalOutput,
+        AbsorptionMetricCategories,
+    )
+
     return saebench_output(
         AbsorptionEvalOutput, eval_config(p, env), sae, env,
         eval_result_metrics=AbsorptionMetricCategories(mean=mean_metrics(details)),
@@ -65,6 +75,8 @@ def build_output(p: AbsorptionParams, env: EvalEnv, sae: Any, details: list[Abso
 
 
 def eval_config(p: AbsorptionParams, env: EvalEnv) -> AbsorptionEvalConfig:
+    from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+
     return AbsorptionEvalConfig(
         model_name=env.model_spec.name, random_seed=p.random_seed, f1_jump_threshold=p.f1_jump_threshold,
         max_k_value=p.max_k_value, prompt_template=p.prompt_template, prompt_token_pos=p.prompt_token_pos,

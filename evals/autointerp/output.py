@@ -4,6 +4,9 @@
 correct seqs, score, logs), each with our scorers' numbers, tier and correlation added, plus one key
 ``saepipe``: the judge (model, tokens, cost, cache), every score with its null and spread, the tier mix
 and example latents per tier with their top contexts.
+
+sae-bench is imported inside the functions that build the output: the plan reads ``REPORTED`` from this
+module and must not pay for (or need) sae-bench.
 """
 
 from __future__ import annotations
@@ -11,18 +14,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from sae_bench.evals.autointerp.eval_config import AutoInterpEvalConfig
-from sae_bench.evals.autointerp.eval_output import (
-    AutoInterpEvalOutput,
-    AutoInterpMetricCategories,
-    AutoInterpMetrics,
-)
-
 from evals.autointerp.config import AutointerpConfig
 from evals.common import saebench_output
 from pipeline.kinds import Metric, Reported
 
 if TYPE_CHECKING:
+    from sae_bench.evals.autointerp.eval_config import AutoInterpEvalConfig
+    from sae_bench.evals.autointerp.eval_output import AutoInterpEvalOutput
+
     from evals.autointerp.contexts import LatentContexts
     from evals.contract import EvalEnv
 
@@ -37,6 +36,8 @@ SMALL_JUDGE_NOTE = (
 
 
 def eval_config(p: AutointerpConfig, env: EvalEnv, meta: dict[str, Any]) -> AutoInterpEvalConfig:
+    from sae_bench.evals.autointerp.eval_config import AutoInterpEvalConfig
+
     return AutoInterpEvalConfig(
         model_name=env.model_spec.name, n_latents=p.n_latents, dead_latent_threshold=p.dead_latent_threshold,
         random_seed=p.random_seed, dataset_name=meta["dataset"], llm_context_size=p.llm_context_size,
@@ -77,6 +78,12 @@ def tier_examples(results: dict[int, dict[str, Any]], contexts: dict[int, Latent
 
 def build_output(p: AutointerpConfig, env: EvalEnv, sae: Any, meta: dict[str, Any], results: dict[int, dict[str, Any]],
                  contexts: dict[int, LatentContexts], extras: dict[str, Any]) -> AutoInterpEvalOutput:  # fmt: skip
+    from sae_bench.evals.autointerp.eval_output import (
+        AutoInterpEvalOutput,
+        AutoInterpMetricCategories,
+        AutoInterpMetrics,
+    )
+
     from evals.autointerp import embedder
     from evals.autointerp.scorers import spread
     from evals.autointerp.tiers import tier_mix

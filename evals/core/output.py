@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sae_bench.evals.core.eval_output import CoreEvalOutput
-
 from pipeline.kinds import Metric, Reported
 
-OUTPUT = CoreEvalOutput
+
+def __getattr__(name: str) -> Any:
+    """``OUTPUT``: sae-bench's ``CoreEvalOutput``, imported on first use, because the plan reads ``REPORTED``
+    from this module and must not pay for (or need) sae-bench."""
+    if name == "OUTPUT":
+        from sae_bench.evals.core.eval_output import CoreEvalOutput
+
+        return CoreEvalOutput
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 RESULT_FILE = "core.json"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, model_validator
-from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
 
 from evals.fixtures import gendered_professions
 from pipeline.config import EvalConfig
@@ -22,9 +21,22 @@ SAE_ONLY = ("n_values", "sae_batch_size")
 here share one prep."""
 
 
+SAEBENCH_COLUMN1_VALS: dict[str, list[tuple[str, str]]] = {
+    "LabHC/bias_in_bios_class_set1": [
+        ("professor", "nurse"), ("architect", "journalist"), ("surgeon", "psychologist"), ("attorney", "teacher"),
+    ],
+    "canrager/amazon_reviews_mcauley_1and5": [
+        ("Books", "CDs_and_Vinyl"), ("Software", "Electronics"), ("Pet_Supplies", "Office_Products"),
+        ("Industrial_and_Scientific", "Toys_and_Games"),
+    ],
+}  # fmt: skip
+"""SAEBench's default ``ScrAndTppEvalConfig().column1_vals_lookup`` (sae-bench 0.6.0), written out because the
+default enters the prep key and the plan must not import sae-bench; tests/evals/test_scr_tpp.py checks it
+against sae-bench's."""
+
+
 def _default_column1_vals() -> dict[str, list[tuple[str, str]]]:
-    saebench = ScrAndTppEvalConfig().column1_vals_lookup
-    return {FIXTURE: [("professor", "nurse")], **{k: [tuple(p) for p in v] for k, v in saebench.items()}}
+    return {FIXTURE: [("professor", "nurse")], **{k: list(v) for k, v in SAEBENCH_COLUMN1_VALS.items()}}
 
 
 class ScrTppParams(EvalConfig):

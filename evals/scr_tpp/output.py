@@ -1,28 +1,22 @@
 """SCR's and TPP's results in SAEBench's schemas (sae-bench's own output classes), and what the report
-takes from them."""
+takes from them.
+
+sae-bench is imported inside the functions that build the output: the plan reads the ``*_REPORTED`` from
+this module and must not pay for (or need) sae-bench."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
-from sae_bench.evals.scr_and_tpp.eval_output import (
-    ScrEvalOutput,
-    ScrMetricCategories,
-    ScrMetrics,
-    ScrResultDetail,
-    TppEvalOutput,
-    TppMetricCategories,
-    TppMetrics,
-    TppResultDetail,
-)
-
 from evals.common import saebench_output
 from evals.scr_tpp.config import SCHEMA_N_VALUES, ScrTppParams
 from pipeline.kinds import Metric, Reported
 
 if TYPE_CHECKING:
+    from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
+    from sae_bench.evals.scr_and_tpp.eval_output import ScrEvalOutput, TppEvalOutput
+
     from evals.contract import EvalEnv
 
 SCR_RESULT_FILE = "scr.json"
@@ -31,6 +25,8 @@ TPP_RESULT_FILE = "tpp.json"
 
 def eval_config(env: EvalEnv, params: ScrTppParams, perform_scr: bool) -> ScrAndTppEvalConfig:
     """SAEBench's config object, filled from ours (it goes into the JSON)."""
+    from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
+
     return ScrAndTppEvalConfig(
         random_seed=params.random_seed,
         dataset_names=list(params.dataset_names),
@@ -57,11 +53,13 @@ def eval_config(env: EvalEnv, params: ScrTppParams, perform_scr: bool) -> ScrAnd
 
 
 
-SCHEMAS: dict[str, tuple[type, Callable[[dict[str, float]], Any], type]] = {
-    "scr": (ScrEvalOutput, lambda m: ScrMetricCategories(scr_metrics=ScrMetrics(**m)), ScrResultDetail),
-    "tpp": (TppEvalOutput, lambda m: TppMetricCategories(tpp_metrics=TppMetrics(**m)), TppResultDetail),
-}
-"""Per kind: sae-bench's output class, its metrics from the averaged results, its per-run detail class."""
+def schema(kind: Literal["scr", "tpp"]) -> tuple[type, Callable[[dict[str, float]], Any], type]:
+    """sae-bench's output class for ``kind``, its metrics from the averaged results, its per-run detail class."""
+    from sae_bench.evals.scr_and_tpp import eval_output as o
+
+    if kind == "scr":
+        return o.ScrEvalOutput, lambda m: o.ScrMetricCategories(scr_metrics=o.ScrMetrics(**m)), o.ScrResultDetail
+    return o.TppEvalOutput, lambda m: o.TppMetricCategories(tpp_metrics=o.TppMetrics(**m)), o.TppResultDetail
 
 
 def build_output(
@@ -69,7 +67,7 @@ def build_output(
     results: dict[str, dict[str, float]], unstructured: dict[str, Any],
 ) -> ScrEvalOutput | TppEvalOutput:  # fmt: skip
     """SAEBench's output object: the runs' average as the metrics, each run (``{name}_results``) as a detail."""
-    output_class, metrics, detail = SCHEMAS[kind]
+    output_class, metrics, detail = schema(kind)
     return saebench_output(
         output_class, eval_config(env, params, perform_scr=kind == "scr"), sae, env,
         eval_result_metrics=metrics(averaged),

@@ -1,14 +1,12 @@
-"""SAEBench's sparse-probing schema (``SparseProbingEvalOutput``) and what the report takes from it."""
+"""What the report takes from SAEBench's sparse-probing result. The schema, sae-bench's
+``SparseProbingEvalOutput``, is imported where it is built (``evaluate.py``): the plan reads this module."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sae_bench.evals.sparse_probing.eval_output import SparseProbingEvalOutput
-
 from pipeline.kinds import Metric, Reported
 
-OUTPUT = SparseProbingEvalOutput
 RESULT_FILE = "sparse_probing.json"
 
 

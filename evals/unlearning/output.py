@@ -1,24 +1,20 @@
-"""Unlearning's result in SAEBench's schema (sae-bench's own output classes), and what the report takes from it."""
+"""Unlearning's result in SAEBench's schema (sae-bench's own output classes), and what the report takes from it.
+
+sae-bench (and ``data.py``, which reads its prompt formats) is imported inside ``build_output``: the plan
+reads ``REPORTED`` from this module and must not pay for (or need) sae-bench."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sae_bench.evals.unlearning.eval_config import UnlearningEvalConfig
-from sae_bench.evals.unlearning.eval_output import (
-    UnlearningEvalOutput,
-    UnlearningMetricCategories,
-    UnlearningMetrics,
-)
-
 from evals.common import saebench_output
 from evals.unlearning.config import UnlearningParams
-from evals.unlearning.data import HUB_FORGET
 from pipeline.kinds import Metric, Reported
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+    from sae_bench.evals.unlearning.eval_output import UnlearningEvalOutput
 
     from evals.contract import EvalEnv
 
@@ -32,6 +28,15 @@ def build_output(
     top: dict[float, np.ndarray], forget_sp: np.ndarray, retain_sp: np.ndarray,
 ) -> UnlearningEvalOutput:  # fmt: skip
     """SAEBench's output object; the per-setting table and data facts go in ``eval_result_unstructured``."""
+    from sae_bench.evals.unlearning.eval_config import UnlearningEvalConfig
+    from sae_bench.evals.unlearning.eval_output import (
+        UnlearningEvalOutput,
+        UnlearningMetricCategories,
+        UnlearningMetrics,
+    )
+
+    from evals.unlearning.data import HUB_FORGET
+
     spec = env.model_spec
     eval_cfg = UnlearningEvalConfig(
         random_seed=p.random_seed,
