@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 from pydantic import ValidationError
-from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
-from sae_lens import MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig
 from sae_lens.saes.sae import TrainStepInput
 
 from pipeline.recipes.coder import build_coder
@@ -303,11 +301,21 @@ def test_sparse_and_dense_paths_agree(raw: dict) -> None:
 # -- saving ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("activation", ["batchtopk", "topk", "jumprelu", "relu_l1"])
-def test_sae_lens_round_trip(tmp_path: Path, activation: str) -> None:
+ROUND_TRIP_RECIPES = {
+    "batchtopk": {}, "topk": {"activation": "topk"}, "jumprelu": {"activation": "jumprelu"}, "relu_l1": {"activation": "relu_l1"},
+    "jumprelu_sae_lens_style": {"activation": "jumprelu", "decoder": {"norm": "free", "init_norm": 0.1},
+                                "jumprelu": {"init_threshold": 0.01, "bandwidth": 0.05, "threshold_param": "direct"}},
+    "relu_l1_free": {"activation": "relu_l1", "decoder": {"norm": "free", "init_norm": 0.5}},
+}
+
+
+@pytest.mark.parametrize("name", list(ROUND_TRIP_RECIPES))
+def test_sae_lens_round_trip(tmp_path: Path, name: str) -> None:
+    """Free decoders are folded on saving (threshold scaled too), so sae-lens's inference matches ours."""
     from sae_lens import SAE
 
-    recipe = RecipeSpec(activation=activation)
+    recipe = RecipeSpec.model_validate(ROUND_TRIP_RECIPES[name])
+    activation = recipe.activation
     coder = build_coder(recipe, 12, 48, 4, seed=1)
     torch.manual_seed(0)
     opt = torch.optim.Adam(coder.parameters(), lr=1e-2)
@@ -378,27 +386,58 @@ def test_training_recovers_planted_dictionary() -> None:
 
 SAE_LENS_STYLE = {"decoder": {"norm": "rescale", "init_norm": 0.1}, "b_dec_init": "zeros",
                   "aux_k": {"k_aux": 8, "coefficient": 1.0, "scale_by_dead": True, "relu": False}}
-"""Our recipe settings that compute sae-lens's BatchTopK (d_in 16: sae-lens's k_aux is d_in // 2 = 8)."""
+"""Our recipe settings that compute sae-lens's TopK / BatchTopK (d_in 16: sae-lens's k_aux is d_in // 2 = 8)."""
+SAE_LENS_JUMPRELU = {"activation": "jumprelu", "decoder": {"norm": "free", "init_norm": 0.1}, "b_dec_init": "zeros",
+                     "jumprelu": {"init_threshold": 0.01, "bandwidth": 0.05, "threshold_param": "direct"}}
+"""Our recipe settings that compute sae-lens's JumpReLU (its defaults: step L0 loss, coefficient 1.0, no warm-up,
+no pre-act loss, no STE to the input)."""
 PARITY_LOSS_RTOL = 1e-5
 """Per-step relative loss difference allowed over 100 steps (fp32 summation order; observed ~2e-7)."""
+PARITY_ARCHS = ["topk", "batchtopk", "matryoshka", "jumprelu"]
 
 
-def _loss_curves(recipe: dict, levels: list[int] | None, dense: bool, steps: int = 100) -> tuple[list[float], list[float], object, object]:
-    """Train sae-lens's training SAE (training_forward_pass + Adam, as its SAETrainer steps it) and our
-    coder from the same weights on the same batches with the same dead mask; both loss curves."""
-    d_in, d_sae, k = 16, 64, 4
+def _sae_lens_reference(arch: str, d_in: int, d_sae: int, k: int) -> object:
+    """sae-lens's training SAE for `arch` at its defaults (torch.manual_seed(0) before: its kaiming init)."""
+    import sae_lens as sl
+
     torch.manual_seed(0)
-    if levels is None:
-        ref = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device="cpu"))
-    else:
-        cfg = MatryoshkaBatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, matryoshka_widths=list(levels), dtype="float32", device="cpu")
-        ref = MatryoshkaBatchTopKTrainingSAE(cfg)
-    spec = RecipeSpec.model_validate({**recipe, **({"matryoshka": {"levels": levels}} if levels else {})})
-    ours = build_coder(spec, d_in, d_sae, k, seed=0, dense=dense)
-    if spec.decoder.norm == "rescale":
+    shape = {"d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu"}
+    if arch == "matryoshka":
+        return sl.MatryoshkaBatchTopKTrainingSAE(sl.MatryoshkaBatchTopKTrainingSAEConfig(**shape, k=k, matryoshka_widths=[16, 32, 64]))
+    if arch == "jumprelu":
+        return sl.JumpReLUTrainingSAE(sl.JumpReLUTrainingSAEConfig(**shape))
+    cls, cfg = {"topk": (sl.TopKTrainingSAE, sl.TopKTrainingSAEConfig), "batchtopk": (sl.BatchTopKTrainingSAE, sl.BatchTopKTrainingSAEConfig)}[arch]
+    return cls(cfg(**shape, k=k))
+
+
+def _our_recipe(arch: str, sae_lens_style: bool) -> RecipeSpec:
+    activation = {"matryoshka": "batchtopk"}.get(arch, arch)
+    raw: dict = {"activation": activation}
+    if sae_lens_style:
+        raw |= SAE_LENS_JUMPRELU if arch == "jumprelu" else SAE_LENS_STYLE
+    if arch == "matryoshka":
+        raw["matryoshka"] = {"levels": [16, 32, 64]}
+    return RecipeSpec.model_validate(raw)
+
+
+def _loss_curves(arch: str, sae_lens_style: bool, steps: int = 100) -> tuple[list[float], list[float], object, object]:
+    """Train sae-lens's training SAE (training_forward_pass + Adam, clip 1.0 and its coefficient schedule, as
+    its SAETrainer steps it) and our coder (sparse ops, the CPU path) from the same weights on the same
+    batches with the same dead mask; both loss curves."""
+    from sae_lens.training.optim import CoefficientScheduler
+
+    d_in, d_sae, k = 16, 64, 4
+    ref = _sae_lens_reference(arch, d_in, d_sae, k)
+    spec = _our_recipe(arch, sae_lens_style)
+    ours = build_coder(spec, d_in, d_sae, k, seed=0)
+    if sae_lens_style:
         with torch.no_grad():
             for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
                 getattr(ours, name).copy_(getattr(ref, name))
+    schedulers = {}
+    for name, c in ref.get_coefficients().items():
+        value, warm_up = (c, 0) if isinstance(c, (int, float)) else (c.value, c.warm_up_steps)
+        schedulers[name] = CoefficientScheduler(warm_up_steps=warm_up, final_value=value)
     opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (ref, ours)]
     gen = torch.Generator().manual_seed(1)
     features = torch.randn(48, d_in, generator=gen)
@@ -409,8 +448,9 @@ def _loss_curves(recipe: dict, levels: list[int] | None, dense: bool, steps: int
         x = ((torch.rand(128, 48, generator=gen) < 0.1) * torch.rand(128, 48, generator=gen) * 3) @ features + 0.5
         if step == 0:
             ours.init_b_dec(x)
+        coefficients = {name: s.value for name, s in schedulers.items()}
         losses = [
-            ref.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=step, is_logging_step=False)).loss,
+            ref.training_forward_pass(TrainStepInput(sae_in=x, coefficients=coefficients, dead_neuron_mask=dead, n_training_steps=step, is_logging_step=False)).loss,
             ours.training_loss(x, step, steps, dead).loss,
         ]
         for model, opt, loss, curve in zip((ref, ours), opts, losses, curves):
@@ -420,29 +460,41 @@ def _loss_curves(recipe: dict, levels: list[int] | None, dense: bool, steps: int
             opt.step()
             curve.append(loss.item())
         ours.normalize_decoder()
+        for s in schedulers.values():
+            s.step()
     return *curves, ref, ours
 
 
-@pytest.mark.parametrize("levels", [None, [16, 32, 64]], ids=["batchtopk", "matryoshka"])
-def test_sae_lens_style_settings_reproduce_sae_lens_training(levels: list[int] | None) -> None:
+@pytest.mark.parametrize("arch", PARITY_ARCHS)
+def test_sae_lens_style_settings_reproduce_sae_lens_training(arch: str) -> None:
     """Sparse ops (the CPU path); dense equals sparse by test_sparse_and_dense_paths_agree."""
-    ref_curve, our_curve, ref, ours = _loss_curves(SAE_LENS_STYLE, levels, dense=False)
+    ref_curve, our_curve, ref, ours = _loss_curves(arch, sae_lens_style=True)
     rel = [abs(a - b) / a for a, b in zip(ref_curve, our_curve)]
     assert max(rel) < PARITY_LOSS_RTOL, max(rel)
     assert our_curve[-1] < 0.8 * our_curve[0]  # it trained: a matching curve that stays flat proves nothing
-    torch.testing.assert_close(ours.activation.threshold_global, ref.topk_threshold, rtol=1e-4, atol=1e-7)
+    if arch in ("batchtopk", "matryoshka"):
+        torch.testing.assert_close(ours.activation.threshold_global, ref.topk_threshold, rtol=1e-4, atol=1e-7)
+    if arch == "jumprelu":
+        torch.testing.assert_close(ours.activation.threshold, ref.threshold, rtol=0, atol=1e-5)
+        assert (ref.threshold - 0.01).abs().max() > 0.01  # the thresholds moved
     torch.testing.assert_close(ours.W_dec, ref.W_dec, rtol=0, atol=1e-5)  # free (not unit) rows, as sae-lens's
     assert abs(ours.W_dec.detach().norm(dim=-1).mean().item() - 1.0) > 0.05
     x = torch.randn(32, 16) + 0.5
-    before = ours.encode_dense(x)
-    ours.fold_decoder_norm()  # what saving does: same codes, unit rows
-    torch.testing.assert_close(ours.encode_dense(x), before, rtol=1e-4, atol=1e-5)
+    before, recon = ours.encode_dense(x), ours(x)
+    assert int((before != 0).sum()) > 0
+    ours.fold_decoder_norm()  # what saving does: same latents and reconstruction, unit rows
+    after = ours.encode_dense(x)
+    assert torch.equal(after != 0, before != 0)
+    torch.testing.assert_close(ours(x), recon, rtol=1e-4, atol=1e-5)
+    if arch != "jumprelu":  # rescale: the codes were in unit-row units already; free: they scale by the norms
+        torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours.W_dec.norm(dim=-1), torch.ones(64), rtol=0, atol=1e-5)
 
 
-def test_our_defaults_are_not_sae_lens_training() -> None:
+@pytest.mark.parametrize("arch", ["batchtopk", "jumprelu"])
+def test_our_defaults_are_not_sae_lens_training(arch: str) -> None:
     """The knobs matter: with today's defaults the same data gives a different curve."""
-    ref_curve, our_curve, _, _ = _loss_curves({}, None, dense=False, steps=40)
+    ref_curve, our_curve, _, _ = _loss_curves(arch, sae_lens_style=False, steps=40)
     assert abs(ref_curve[-1] - our_curve[-1]) / ref_curve[-1] > 0.05
 
 
@@ -450,11 +502,31 @@ def test_new_recipe_settings_stay_out_of_keys_at_their_defaults() -> None:
     assert set(RecipeSpec().model_dump()) == {"activation", "batchtopk", "jumprelu", "relu_l1", "matryoshka", "lista",
                                               "k_anneal", "term", "orthogonality", "aux_k", "loo"}
     assert RecipeSpec().model_dump()["aux_k"] == {"k_aux": 512, "coefficient": 1 / 32}
+    assert RecipeSpec().model_dump()["jumprelu"] == {"init_threshold": 0.001, "bandwidth": 0.001, "l0_coefficient": 1.0}
+    jumprelu = RecipeSpec.model_validate(SAE_LENS_JUMPRELU).model_dump(mode="json")
+    assert jumprelu["jumprelu"]["threshold_param"] == "direct" and jumprelu["decoder"]["norm"] == "free"
+    assert RecipeSpec.model_validate(jumprelu) == RecipeSpec.model_validate(SAE_LENS_JUMPRELU)
     dumped = RecipeSpec.model_validate(SAE_LENS_STYLE).model_dump(mode="json")
     assert dumped["decoder"] == {"norm": "rescale", "init_norm": 0.1} and dumped["b_dec_init"] == "zeros"
     assert RecipeSpec.model_validate(dumped) == RecipeSpec.model_validate(SAE_LENS_STYLE)
     with pytest.raises(ValidationError, match="decoder.init_norm != 1 needs decoder.norm 'rescale'"):
         RecipeSpec.model_validate({"decoder": {"init_norm": 0.1}})
+
+
+def test_jumprelu_direct_threshold_is_clamped_before_each_forward_and_free_decoder_is_left_alone() -> None:
+    coder = build_coder(RecipeSpec.model_validate(SAE_LENS_JUMPRELU), 4, 8, 1)
+    assert set(dict(coder.named_parameters())) == {"W_dec", "W_enc", "b_enc", "b_dec", "activation.direct_threshold"}
+    with torch.no_grad():
+        coder.activation.direct_threshold[:3] = -0.2
+    W_dec = coder.W_dec.detach().clone()
+    torch.testing.assert_close(W_dec.norm(dim=-1), torch.full((8,), 0.1))
+    coder.training_loss(torch.randn(16, 4))
+    assert coder.activation.threshold[:3].tolist() == [0.0, 0.0, 0.0]
+    assert coder.activation.threshold[3:].tolist() == pytest.approx([0.01] * 5)
+    coder.normalize_decoder()
+    assert torch.equal(coder.W_dec, W_dec)
+    with pytest.raises(ValidationError, match="decoder.norm 'free' is for jumprelu / relu_l1"):
+        RecipeSpec.model_validate({"activation": "topk", "decoder": {"norm": "free"}})
 
 
 def test_aux_k_scale_and_relu_knobs() -> None:

@@ -37,11 +37,19 @@ class BatchTopKSpec(_Spec):
 
 
 class JumpReLUSpec(_Spec):
-    """JumpReLU (Rajamanoharan et al. 2024): threshold learned with a rectangle-kernel pseudo-gradient."""
+    """JumpReLU (Rajamanoharan et al. 2024): threshold learned with a rectangle-kernel pseudo-gradient.
 
+    sae-lens's JumpReLUTrainingSAE uses init_threshold 0.01, bandwidth 0.05, l0_coefficient 1.0 and
+    threshold_param 'direct' (with decoder.norm 'free', init_norm 0.1 and b_dec_init 'zeros')."""
+
+    _quiet_defaults: ClassVar[frozenset[str]] = frozenset({"threshold_param"})
     init_threshold: float = Field(0.001, gt=0.0)
     bandwidth: float = Field(0.001, gt=0.0)
     l0_coefficient: float = Field(1.0, ge=0.0)
+    threshold_param: Literal["log", "direct"] = "log"
+    """What Adam trains. 'log' (ours, DeepMind's): log(threshold), so the threshold stays positive and
+    moves multiplicatively. 'direct' (sae-lens): the threshold itself, clamped to >= 0 before every
+    training forward pass; Adam's ~lr-sized steps then move it additively, which matters for a small init."""
 
 
 class ReluL1Spec(_Spec):
@@ -119,15 +127,18 @@ class DecoderSpec(_Spec):
     sees encoder columns and b_enc times ||d_i|| and decoder rows divided by it, so the function is
     the same but the optimizer moves different parameters. Saving folds the norms in (unit rows)."""
 
-    norm: Literal["project", "rescale"] = "project"
+    norm: Literal["project", "rescale", "free"] = "project"
+    """'free' (sae-lens's JumpReLU): rows are plain parameters, neither projected nor rescaled, so the
+    loss and the L0 penalty see the raw weights; JumpReLU and ReLU-L1 only (a TopK selection would
+    change when saving folds the norms in). Saving folds them into W_enc, b_enc and the threshold."""
     init_norm: float = Field(1.0, gt=0.0)
     """Initial decoder row norm; W_enc starts as W_dec^T, so it scales the encoder too (sae-lens: 0.1,
-    Anthropic's April 2024 update). Only with norm 'rescale' (projection would undo it)."""
+    Anthropic's April 2024 update). Only with norm 'rescale' or 'free' (projection would undo it)."""
 
     @model_validator(mode="after")
     def _init_norm_needs_rescale(self) -> DecoderSpec:
         if self.norm == "project" and self.init_norm != 1.0:
-            raise ValueError("decoder.init_norm != 1 needs decoder.norm 'rescale' (projection resets rows to unit norm)")
+            raise ValueError("decoder.init_norm != 1 needs decoder.norm 'rescale' or 'free' (projection resets rows to unit norm)")
         return self
 
 
@@ -174,6 +185,9 @@ class RecipeSpec(_Spec):
             settings = getattr(self, name)
             if name != act and settings != type(settings)():
                 raise ValueError(f"settings for '{name}' were given but activation is '{act}'")
+        if act in TOPK_STYLE and self.decoder.norm == "free":
+            raise ValueError(f"decoder.norm 'free' is for jumprelu / relu_l1, not '{act}' (folding the norms would "
+                             "change the TopK selection); use 'rescale'")
         if act not in TOPK_STYLE:
             for name in ("aux_k", "lista", "k_anneal"):
                 if getattr(self, name) is not None:

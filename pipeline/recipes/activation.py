@@ -37,6 +37,12 @@ class Activation(nn.Module):
     def observe(self, active: Active) -> None:
         return None
 
+    def constrain(self) -> None:
+        """Put trained parameters back in their domain; called before every training forward pass."""
+
+    def fold_scale(self, n: Tensor) -> None:
+        """Pre-activations are about to be multiplied by `n` per latent (decoder norms folded in)."""
+
 
 class TopK(Activation):
     """Keep the k largest pre-activations of each row (Makhzani & Frey 2013; Gao et al. 2024)."""
@@ -185,17 +191,35 @@ class JumpReLU(Activation):
     Training selects every entry with h > theta - eps/2: the active ones plus the inactive ones inside
     the pseudo-gradient window, which carry zero value but still send gradient to theta.
     Penalty: l0_coefficient * sum_ij H(h_ij - theta_j) / B.
+    The trained parameter is log(theta) ('log') or theta itself, kept >= 0 ('direct', sae-lens's).
     """
 
     def __init__(self, spec: JumpReLUSpec, d_sae: int) -> None:
         super().__init__()
         self.eps = spec.bandwidth
         self.l0_coefficient = spec.l0_coefficient
-        self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(spec.init_threshold)))
+        self.direct = spec.threshold_param == "direct"
+        if self.direct:
+            self.direct_threshold = nn.Parameter(torch.full((d_sae,), spec.init_threshold))
+        else:
+            self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(spec.init_threshold)))
 
     @property
     def threshold(self) -> Tensor:
-        return self.log_threshold.exp()
+        return self.direct_threshold if self.direct else self.log_threshold.exp()
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        """'direct': clamp theta at 0 in place (not in the graph, so a latent at 0 keeps its gradient)."""
+        if self.direct:
+            self.direct_threshold.clamp_(min=0.0)
+
+    @torch.no_grad()
+    def fold_scale(self, n: Tensor) -> None:
+        if self.direct:
+            self.direct_threshold.mul_(n)
+        else:
+            self.log_threshold.add_(n.log())
 
     def select(self, h: Tensor, k: int) -> Selection:
         return Selection.from_mask(h > (self.threshold.detach() - self.eps / 2))

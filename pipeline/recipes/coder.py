@@ -9,8 +9,9 @@ Pieces that are switched off are replaced by neutral ones (constant k, zero refi
 level, mean reduction, empty term list), so the loop has no per-idea branches.
 
 Decoder norms (`recipe.decoder`): 'project' keeps W_dec rows at unit norm by projection after each
-step; 'rescale' (sae-lens's parametrisation) leaves them free and runs the same loop on the effective
-weights W_enc * n, b_enc * n, W_dec / n (n = row norms), which is what sae-lens computes.
+step; 'rescale' (sae-lens's TopK-style parametrisation) leaves them free and runs the same loop on the
+effective weights W_enc * n, b_enc * n, W_dec / n (n = row norms), which is what sae-lens computes;
+'free' (sae-lens's JumpReLU) leaves them free and uses the weights as they are.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class SavedForm(NamedTuple):
 
 class SparseCoder(nn.Module):
     """SAE with W_enc (d_in, d_sae), b_enc, W_dec (d_sae, d_in) (unit-norm rows, or free rows under
-    decoder.norm 'rescale'), b_dec."""
+    decoder.norm 'rescale' / 'free'), b_dec."""
 
     def __init__(self, recipe: RecipeSpec, d_in: int, d_sae: int, k: int, seed: int = 0, dense: bool = False) -> None:
         super().__init__()
@@ -78,6 +79,7 @@ class SparseCoder(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         W_dec = F.normalize(torch.randn(d_sae, d_in, generator=gen), dim=-1) * recipe.decoder.init_norm
         self.rescale = recipe.decoder.norm == "rescale"
+        self.project = recipe.decoder.norm == "project"
         self.W_dec = nn.Parameter(W_dec)
         self.W_enc = nn.Parameter(W_dec.t().clone())
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
@@ -108,6 +110,7 @@ class SparseCoder(nn.Module):
     def training_loss(self, x: Tensor, step: int = 0, total_steps: int = 1, dead_mask: Tensor | None = None) -> TrainOutput:
         """Loss of one batch; also updates training statistics (BatchTopK threshold, frequencies)."""
         k = self.k_schedule(step, total_steps)
+        self.activation.constrain()
         W_enc, b_enc, W_dec = self.effective_weights()
         enc = self.encoder(x, W_enc, b_enc, W_dec, self.b_dec, self.activation,
                            lambda h: self.activation.select(h, k), self.ops)
@@ -137,14 +140,22 @@ class SparseCoder(nn.Module):
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
-        """Project decoder rows back to unit norm; call after each optimizer step ('rescale': no-op)."""
-        if not self.rescale:
+        """Project decoder rows back to unit norm; call after each optimizer step ('rescale', 'free': no-op)."""
+        if self.project:
             self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
     def fold_decoder_norm(self) -> None:
         """Move the decoder row norms into W_enc and b_enc (same function; unit rows after), as
-        sae-lens does when it saves a rescaled SAE. A no-op for projected decoders."""
+        sae-lens does when it saves a rescaled SAE; 'free' scales the activation's threshold too, as
+        sae-lens's JumpReLU fold does. A no-op for projected decoders."""
+        if self.recipe.decoder.norm == "free":
+            n = self.W_dec.norm(dim=-1)
+            self.activation.fold_scale(n)
+            self.W_dec.div_(n[:, None])
+            self.W_enc.mul_(n)
+            self.b_enc.mul_(n)
+            return
         W_enc, b_enc, W_dec = self.effective_weights()
         self.W_enc.copy_(W_enc)
         self.b_enc.copy_(b_enc)
