@@ -12,6 +12,12 @@ sets the SAE init and the batch order, so per-seed differences between settings 
     nice -n 19 python bench/exp_recipe_causes.py run budget_small  # the same on synth_small's shape, 1k/2k/4k/8k steps
     python bench/exp_recipe_causes.py summary switch             # markdown tables from the results file
     nice -n 10 python bench/exp_recipe_causes.py baselines switch  # untrained-SAE baseline + probe ceiling
+    nice -n 19 python bench/exp_recipe_causes.py parity run      # ours vs trainer sae_lens, per architecture
+    python bench/exp_recipe_causes.py parity summary             # its table
+
+`parity` trains each architecture (TopK, BatchTopK, Matryoshka, JumpReLU) with our trainer at its defaults
+and with sae-lens's own training SAE at sae-lens's defaults (`trainer: sae_lens`, `SaeLensTrainable`), and
+scores both as sae-lens inference SAEs (saved and loaded back), fitted and at matched L0.
 
 Results append to bench/results/exp_recipe_causes/<grid>.jsonl (one JSON line per run; a rerun skips
 what is there). Pools are cached under $EXP_POOL_DIR (default /tmp/exp_recipe_causes).
@@ -131,10 +137,10 @@ def batches(x: torch.Tensor, seed: int) -> Iterator[torch.Tensor]:
 
 
 def train(recipe: RecipeSpec, x: torch.Tensor, d_sae: int, k: int, seed: int, steps: int, lr: float, dead_after: int,
-          on_step: Callable[[int, SparseCoder, float], None] | None = None) -> tuple[SparseCoder, dict[str, float]]:
+          dense: bool = False, on_step: Callable[[int, SparseCoder, float], None] | None = None) -> tuple[SparseCoder, dict[str, float]]:
     """The `train` stage's loop for trainer saepipe (pipeline/stages/train.py), without its I/O."""
     torch.manual_seed(seed)
-    coder = build_coder(recipe, x.shape[1], d_sae, k, seed)
+    coder = build_coder(recipe, x.shape[1], d_sae, k, seed, dense=dense)
     opt = torch.optim.Adam(coder.parameters(), lr=lr, betas=(0.9, 0.999))
     since_fired = torch.zeros(d_sae, dtype=torch.long)
     max_dead = 0
@@ -283,7 +289,208 @@ def summary(grid_name: str) -> None:
             print(f"| {steps} | {setting} | {len(common)} | {f1[0]:+.3f} ± {f1[1]:.3f} | {mcc[0]:+.3f} ± {mcc[1]:.3f} |")
 
 
+# -- parity: our trainer at its defaults vs sae-lens's training SAEs at theirs ---------------------
+
+PARITY: dict[str, Any] = {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256], "steps": 1000,
+                          "seeds": [0, 1, 2], "pool": 1_024_000, "lr": 1e-3, "l0_sweep": [0.01, 0.1, 1.0]}
+"""The switch grid's shape, budget and lr (one lr for both trainers: the loop's setting, not the SAE's).
+JumpReLU has no k: its L0 coefficient is swept on seed 0 and set, per trainer, to the value interpolated
+(log-log) to a trained L0 of k; every other JumpReLU setting keeps the trainer's default."""
+PARITY_ARCHS = ("topk", "batchtopk", "matryoshka", "jumprelu")
+OURS_DEFAULT_DEAD = 200_000
+"""SAESpec.dead_after_tokens' default (rows); trainer sae_lens: its dead_feature_window of 1,000 batches."""
+
+
+SAE_LENS_THRESHOLD = {"threshold_param": "direct", "init_threshold": 0.01, "bandwidth": 0.05}
+JUMPRELU_VARIANTS: dict[str, dict[str, Any]] = {
+    "saepipe+sae_lens_threshold": {"jumprelu": SAE_LENS_THRESHOLD},
+    "saepipe+direct": {"jumprelu": {"threshold_param": "direct"}},
+    "saepipe_as_sae_lens": {"jumprelu": SAE_LENS_THRESHOLD, "decoder": {"norm": "free", "init_norm": 0.1}, "b_dec_init": "zeros"},
+}
+"""Our trainer with sae-lens's threshold settings alone, and with every setting that reproduces sae-lens's
+JumpReLU (tests/test_recipes.py), at sae-lens's L0 coefficient: which detail makes the difference."""
+
+
+def parity_recipe(arch: str, l0_coefficient: float | None, variant: str | None = None) -> RecipeSpec:
+    """The recipe as a config would write it: activation (+ levels, + the L0 coefficient, + a variant's settings)."""
+    raw: dict[str, Any] = {"activation": "batchtopk" if arch == "matryoshka" else arch}
+    if arch == "matryoshka":
+        raw["matryoshka"] = {"levels": PARITY["levels"]}
+    extra = JUMPRELU_VARIANTS.get(variant or "", {})
+    raw |= {k: v for k, v in extra.items() if k != "jumprelu"}
+    if l0_coefficient is not None:
+        raw["jumprelu"] = {"l0_coefficient": l0_coefficient, **extra.get("jumprelu", {})}
+    return RecipeSpec.model_validate(raw)
+
+
+def train_reference(recipe: RecipeSpec, x: torch.Tensor, d_sae: int, k: int, seed: int, steps: int, lr: float) -> tuple[Any, dict[str, float]]:
+    """trainer sae_lens's loop (pipeline/stages/train.py with SaeLensTrainable), without its I/O."""
+    from pipeline.training.reference import SaeLensTrainable, default_dead_window_steps
+
+    trainable = SaeLensTrainable(recipe, x.shape[1], d_sae, k, seed, torch.device("cpu"), {})
+    opt = torch.optim.Adam(trainable.module.parameters(), lr=lr, betas=(0.9, 0.999))
+    dead_after = default_dead_window_steps() * BATCH
+    since_fired = torch.zeros(d_sae, dtype=torch.long)
+    max_dead = 0
+    stream = batches(x, seed)
+    started = time.perf_counter()
+    for step in range(steps):
+        dead = since_fired > dead_after
+        max_dead = max(max_dead, int(dead.sum()))
+        out = trainable.step(next(stream), step, steps, dead)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable.module.parameters(), 1.0)
+        opt.step()
+        trainable.after_optimizer_step()
+        with torch.no_grad():
+            since_fired += BATCH
+            since_fired.masked_fill_(out.fired > 0, 0)
+    return trainable, {"train_s": time.perf_counter() - started, "final_mse": float(out.stats["mse"]),
+                       "dead_at_end": int((since_fired > dead_after).sum()), "max_dead_in_training": max_dead}
+
+
+def as_inference_sae(trained: Any, folder: Path) -> Any:
+    """Both trainers' SAEs as sae-lens loads them from disk (what eval_synthetic scores)."""
+    from sae_lens import SAE
+
+    from pipeline.recipes.saving import save_coder
+
+    if isinstance(trained, SparseCoder):
+        save_coder(trained, folder)
+    else:
+        trained.save(folder, {})
+    return SAE.load_from_disk(str(folder), device="cpu")
+
+
+@torch.no_grad()
+def calibrate_thresholds(sae: Any, x: torch.Tensor, k: int) -> float | None:
+    """Scale a JumpReLU-form SAE's thresholds by one common factor s so that the mean L0 on `x` is k
+    (bisection on log s); for a global threshold (BatchTopK) that is the threshold giving L0 k. Returns s;
+    None for TopK (its L0 is k by construction)."""
+    if not hasattr(sae, "threshold"):
+        return None
+    h = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
+    theta = sae.threshold.detach().clone()
+    l0 = lambda scale: float(((h > scale * theta) & (h > 0)).sum()) / x.shape[0]  # noqa: E731
+    lo, hi = 1e-4, 1e4  # L0(lo) >= k >= L0(hi) for any trained SAE here
+    for _ in range(80):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if l0(mid) > k else (lo, mid)
+    sae.threshold.copy_(hi * theta)
+    return hi
+
+
+def parity_one(arch: str, trainer: str, seed: int, l0_coefficient: float | None, model: Any, x: torch.Tensor,
+               calib: torch.Tensor, spec: SyntheticSpec, out_path: Path) -> dict[str, Any]:
+    import tempfile
+
+    g = PARITY
+    recipe = parity_recipe(arch, l0_coefficient, trainer)
+    if trainer.startswith("saepipe"):
+        trained, info = train(recipe, x, g["d_sae"], g["k"], seed, g["steps"], g["lr"], OURS_DEFAULT_DEAD, dense=arch == "jumprelu")
+    else:
+        trained, info = train_reference(recipe, x, g["d_sae"], g["k"], seed, g["steps"], g["lr"])
+    with tempfile.TemporaryDirectory() as tmp:
+        sae = as_inference_sae(trained, Path(tmp))
+    sae.eval()
+    fit = flat_metrics(score(sae, model, spec.eval_samples, seed=4242))
+    info["calibration_scale"] = calibrate_thresholds(sae, calib, g["k"])
+    cal = fit if info["calibration_scale"] is None else flat_metrics(score(sae, model, spec.eval_samples, seed=4242))
+    row = {"arch": arch, "trainer": trainer, "seed": seed, "steps": g["steps"], "shape": g["shape"], "lr": g["lr"],
+           "d_sae": g["d_sae"], "k": g["k"], "l0_coefficient": l0_coefficient, "recipe": recipe.model_dump(mode="json"),
+           "fit": fit, "cal": cal, **info}
+    with out_path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(f"{arch:10s} {trainer:8s} s{seed} c={l0_coefficient}  F1 fit {fit['f1']:.3f} (L0 {fit['l0']:.1f})  cal {cal['f1']:.3f}"
+          f"  MCC {cal['mcc']:.3f}  dead {cal['dead_latents']}  {info['train_s']:.0f}s", flush=True)
+    return row
+
+
+def matched_coefficient(sweep: list[dict[str, Any]], k: int) -> float:
+    """The L0 coefficient whose trained L0 is k, interpolated log-log between the two sweep points around it;
+    when no two bracket k, the sweep point whose L0 is nearest k (calibration then does all the matching)."""
+    pts = sorted((math.log(r["l0_coefficient"]), math.log(max(r["fit"]["l0"], 1e-3))) for r in sweep)
+    target = math.log(k)
+    for (c0, l0a), (c1, l0b) in zip(pts, pts[1:]):
+        if min(l0a, l0b) <= target <= max(l0a, l0b) and l0a != l0b:
+            return float(f"{math.exp(c0 + (target - l0a) * (c1 - c0) / (l0b - l0a)):.3g}")
+    return float(f"{math.exp(min(pts, key=lambda p: abs(p[1] - target))[0]):.3g}")
+
+
+def parity(command: str) -> None:
+    """`run`: every (architecture, trainer, seed), skipping what the results file has; `summary`: the table."""
+    out_path = RESULTS / "parity.jsonl"
+    if command == "summary":
+        return parity_summary(out_path)
+    g = PARITY
+    spec = shape_spec(g["shape"])
+    model = build_model(spec, on="cpu")
+    x = pool(g["shape"], g["pool"], model)
+    calib, _ = sample(model, 16_384, seed=999)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in out_path.open()] if out_path.exists() else []
+    done = {(r["arch"], r["trainer"], r["seed"], r["l0_coefficient"]) for r in rows}
+    only_arch, only_trainer = os.environ.get("EXP_ARCH"), os.environ.get("EXP_TRAINER")  # to split over processes
+    for arch in PARITY_ARCHS:
+        for trainer in ("saepipe", "sae_lens"):
+            if (only_arch and only_arch != arch) or (only_trainer and only_trainer != trainer):
+                continue
+            coefficient = None
+            if arch == "jumprelu":
+                for c in g["l0_sweep"]:
+                    if (arch, trainer, 0, c) not in done:
+                        rows.append(parity_one(arch, trainer, 0, c, model, x, calib, spec, out_path))
+                        done.add((arch, trainer, 0, c))
+                sweep = [r for r in rows if r["arch"] == arch and r["trainer"] == trainer and r["seed"] == 0 and r["l0_coefficient"] in g["l0_sweep"]]
+                coefficient = matched_coefficient(sweep, g["k"])
+            for seed in g["seeds"]:
+                if (arch, trainer, seed, coefficient) not in done:
+                    rows.append(parity_one(arch, trainer, seed, coefficient, model, x, calib, spec, out_path))
+    if only_arch in (None, "jumprelu") and only_trainer in (None, "variants"):
+        for variant in JUMPRELU_VARIANTS:
+            for seed in g["seeds"]:
+                if ("jumprelu", variant, seed, 1.0) not in done:
+                    parity_one("jumprelu", variant, seed, 1.0, model, x, calib, spec, out_path)
+
+
+def ci_cell(values: list[float], digits: int = 3) -> str:
+    m, h = mean_ci(values)
+    return f"{m:.{digits}f} ± {h:.{digits}f}"
+
+
+def parity_summary(path: Path) -> None:
+    """Mean ± 95% t per (architecture, trainer) over the seeds of the table's setting (for JumpReLU: the
+    matched coefficient, i.e. the one run on every seed), beside the untrained-SAE baseline."""
+    rows = [json.loads(line) for line in path.open()]
+    base = json.loads((RESULTS / "switch_baselines.json").read_text())["random"]
+    print("| architecture | trainer | seeds | F1 | MCC | EV | L0 | dead | F1 (as trained) | L0 (as trained) | JumpReLU L0 coef. |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for arch in PARITY_ARCHS:
+        for trainer in ("saepipe", "sae_lens", *(JUMPRELU_VARIANTS if arch == "jumprelu" else ())):
+            mine = [r for r in rows if r["arch"] == arch and r["trainer"] == trainer]
+            if not mine:
+                continue
+            coefficient = max({r["l0_coefficient"] for r in mine}, key=lambda c, m=mine: sum(r["l0_coefficient"] == c for r in m))
+            table = list({r["seed"]: r for r in mine if r["l0_coefficient"] == coefficient}.values())  # a rerun: deterministic, same row
+            cal = {key: ci_cell([r["cal"][key] for r in table]) for key in ("f1", "mcc", "explained_variance")}
+            print(f"| {arch} | {trainer} | {len(table)} | {cal['f1']} | {cal['mcc']} | {cal['explained_variance']} "
+                  f"| {ci_cell([r['cal']['l0'] for r in table], 1)} | {ci_cell([r['cal']['dead_latents'] for r in table], 1)} "
+                  f"| {ci_cell([r['fit']['f1'] for r in table])} | {ci_cell([r['fit']['l0'] for r in table], 1)} "
+                  f"| {coefficient if coefficient is not None else '—'} |")
+    print(f"| untrained SAE (baseline) | — | {len(base)} | {ci_cell([r['f1'] for r in base])} | {ci_cell([r['mcc'] for r in base])} "
+          f"| {ci_cell([r['explained_variance'] for r in base])} | {ci_cell([r['l0'] for r in base], 1)} "
+          f"| {ci_cell([r['dead_latents'] for r in base], 1)} | | | |")
+    print("\n| trainer | JumpReLU sweep (seed 0): L0 coefficient -> L0 as trained, F1 as trained |")
+    print("|---|---|")
+    for trainer in ("saepipe", "sae_lens"):
+        sweep = sorted({r["l0_coefficient"]: r for r in rows if r["arch"] == "jumprelu" and r["trainer"] == trainer and r["seed"] == 0}.values(),
+                       key=lambda r: r["l0_coefficient"])
+        if sweep:
+            print(f"| {trainer} | " + "; ".join(f"{r['l0_coefficient']:g} -> {r['fit']['l0']:.1f}, {r['fit']['f1']:.3f}" for r in sweep) + " |")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(int(os.environ.get("EXP_THREADS", "1")))
     command, grid = sys.argv[1], sys.argv[2]
-    {"run": run_grid, "summary": summary, "baselines": baselines}[command](grid)
+    {"run": run_grid, "summary": summary, "baselines": baselines, "parity": parity}[command](grid)
