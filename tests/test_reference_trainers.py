@@ -164,6 +164,7 @@ def test_recipe_settings_sae_lens_has_not_are_refused_in_one_line() -> None:
         ({"activation": "relu_l1"}, "trains topk, batchtopk (+ matryoshka) and jumprelu"),
         ({"aux_k": {"relu": True}}, "aux_k.relu true"),
         ({"matryoshka": {"levels": [16, 64], "detach_inner": True}}, "matryoshka.detach_inner"),
+        ({"activation": "jumprelu", "jumprelu": {"threshold_param": "log"}}, "jumprelu.threshold_param log"),
     ]:
         with pytest.raises(ConfigError) as err:
             parse_config(train_config(trainer="sae_lens", recipe=recipe))
@@ -226,3 +227,9 @@ def test_our_trainer_reports_each_difference_and_none_once_set_to_sae_lens_choic
     }
     assert differences(as_sae_lens, 3e-4, 1000) == {}
     assert differences({**as_sae_lens, "matryoshka": {"levels": [16, D_SAE], "detach_inner": True}}, 3e-4, 1000) == {"detach_inner": [True, None]}
+    jumprelu = {"activation": "jumprelu", "b_dec_init": "zeros", "decoder": {"norm": "free", "init_norm": 0.1},
+                "jumprelu": {"init_threshold": 0.01, "bandwidth": 0.05, "threshold_param": "direct"}}  # fmt: skip
+    assert differences(jumprelu, 3e-4, 1000) == {}
+    assert differences({**jumprelu, "jumprelu": {"init_threshold": 0.01, "bandwidth": 0.05}}, 3e-4, 1000) == {
+        "jumprelu_threshold_param": ["log", "direct"]
+    }

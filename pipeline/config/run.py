@@ -151,6 +151,7 @@ def _reference_can_train(r: RecipeSpec) -> None:
         "aux_k.relu true (sae-lens: false)": r.aux_k is not None and _written_as(r.aux_k, "relu", True),
         "decoder.norm with jumprelu (sae-lens's JumpReLU has no decoder-norm handling)": r.activation == "jumprelu"
         and "norm" in r.decoder.model_fields_set,
+        "jumprelu.threshold_param log (sae-lens trains the threshold itself)": _written_as(r.jumprelu, "threshold_param", "log"),
     }
     bad = [what for what, refused in no_counterpart.items() if refused]
     if bad:

@@ -147,8 +147,10 @@ def saepipe_differences(recipe: RecipeSpec, d_in: int, d_sae: int, k: int, lr: f
             j = recipe.jumprelu
             ours |= {"jumprelu_init_threshold": j.init_threshold, "jumprelu_bandwidth": j.bandwidth, "l0_coefficient": j.l0_coefficient}
         out |= {name: [value, getattr(default, name)] for name, value in ours.items() if value != getattr(default, name)}
-        if recipe.activation == "jumprelu" and recipe.decoder.norm == "project":
-            out["decoder_norm"] = ["project", None]
+        if recipe.activation == "jumprelu" and recipe.decoder.norm != "free":
+            out["decoder_norm"] = [recipe.decoder.norm, None]  # sae-lens: free rows, no norm handling
+        if recipe.activation == "jumprelu" and recipe.jumprelu.threshold_param != "direct":
+            out["jumprelu_threshold_param"] = [recipe.jumprelu.threshold_param, "direct"]
     else:
         out["activation"] = [recipe.activation, None]
     if recipe.aux_k is not None:
