@@ -9,9 +9,11 @@ batch 1024, Adam) for one epoch two ways: batches from `ShardStream.batches(...,
 shards (the stage's own `seconds_this_attempt`, so process start-up is not counted).
 (b) also runs one process pinned to 1 thread, to separate the cost of data parallelism from that of
 2-thread intra-op parallelism. Repeats, interleaved: 5 (a), 3 (b); reports the median and the range.
-Writes bench/results/feeding.json.
+`--ddp-shape large` runs (b) at 512 -> 4096, k 32, batch 4096 (2048 rows per rank) instead, where the
+step's compute grows with the batch and the gradient all-reduce does not. Writes
+bench/results/feeding.json (`ddp`, or `ddp_large`).
 
-Usage: nice -n 10 python bench/bench_feeding.py [--only feeding|ddp]
+Usage: nice -n 10 python bench/bench_feeding.py [--only feeding|ddp] [--ddp-shape small|large]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -44,12 +47,24 @@ from pipeline.training.stream import ShardStream
 D_IN, D_SAE, K, BATCH, ROWS, SHARDS = 256, 2048, 32, 1024, 4096, 24
 
 
-def write_shards(folder: Path, n: int = SHARDS) -> ShardIndex:
+class Shape(NamedTuple):
+    d_in: int
+    d_sae: int
+    k: int
+    batch: int
+    shards: int
+    """Shards of ROWS rows the DDP run trains on (one epoch)."""
+
+
+DDP_SHAPES = {"small": Shape(D_IN, D_SAE, K, BATCH, 12), "large": Shape(512, 4096, 32, 4096, 16)}
+
+
+def write_shards(folder: Path, n: int = SHARDS, d_in: int = D_IN) -> ShardIndex:
     rng = np.random.default_rng(0)
     (folder / SHARD_DIR).mkdir(parents=True)
-    infos = [write_shard(folder / SHARD_DIR, i, rng.standard_normal((ROWS, D_IN), dtype=np.float32),
+    infos = [write_shard(folder / SHARD_DIR, i, rng.standard_normal((ROWS, d_in), dtype=np.float32),
                          np.zeros(ROWS), np.zeros(ROWS), np.arange(ROWS)) for i in range(n)]
-    index = ShardIndex(D_IN, "float32", "bench", ROWS, ROWS, infos)
+    index = ShardIndex(d_in, "float32", "bench", ROWS, ROWS, infos)
     index.save(folder)
     return index
 
@@ -87,8 +102,9 @@ def feeding(tmp: Path, repeats: int) -> dict[str, object]:
             "ratios": ratios, "ratio_median": statistics.median(ratios)}
 
 
-def ddp(tmp: Path, repeats: int) -> dict[str, object]:
-    spec = {"name": "b", "d_sae": D_SAE, "k": K, "batch_size": BATCH, "train_tokens": 12 * ROWS, "checkpoint_every": 1000, "lr": 1e-4}
+def ddp(tmp: Path, repeats: int, shape: Shape) -> dict[str, object]:
+    spec = {"name": "b", "d_sae": shape.d_sae, "k": shape.k, "batch_size": shape.batch, "train_tokens": shape.shards * ROWS,
+            "checkpoint_every": 1000, "lr": 1e-4}
     raw = {"name": "bench_ddp", "model": {"source": "smollm2_gguf", "name": "SmolLM2-135M-Instruct", "hook": "blocks.3.hook_resid_post"},
            "data": {"source": "shipped", "name": "rotten_tomatoes", "context_size": 32}, "activations": {"n_tokens": 1000},
            "saes": [spec], "evals": {"core": {"enabled": False}}, "device": "cpu"}
@@ -101,7 +117,7 @@ def ddp(tmp: Path, repeats: int) -> dict[str, object]:
         for mode, measured in rates.items():
             store = ArtifactStore(tmp / f"ddp-{mode}-{r}")
             staging = store.staging_dir("activations", acts.key)
-            write_shards(staging, 12)
+            write_shards(staging, shape.shards, shape.d_in)
             store.commit("activations", acts.key, staging, {"label": acts.label, "params": acts.params, "summary": {}})
             launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pipeline.training.worker"] \
                 if mode == "two_ranks" else [sys.executable, "-m", "pipeline.cli", "run-stage"]
@@ -112,20 +128,23 @@ def ddp(tmp: Path, repeats: int) -> dict[str, object]:
             measured.append(summary["tokens"] / summary["seconds_this_attempt"])
     ratios = [two / one for two, one in zip(rates["two_ranks"], rates["one_process"])]
     per_thread = [two / one for two, one in zip(rates["two_ranks"], rates["one_process_1_thread"])]
-    return {**rates, "ratios_two_ranks_over_one_process": ratios, "ratio_median": statistics.median(ratios),
+    return {"shape": shape._asdict(), "steps": shape.shards * ROWS // shape.batch, **rates, "ratios_two_ranks_over_one_process": ratios, "ratio_median": statistics.median(ratios),
             "ratios_two_ranks_over_one_thread": per_thread, "ratio_over_one_thread_median": statistics.median(per_thread)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", choices=["feeding", "ddp"], help="run one part; the other's last results are kept")
+    parser.add_argument("--ddp-shape", choices=list(DDP_SHAPES), default="small", help="the DDP part's SAE and batch")
     args = parser.parse_args()
     out = REPO / "bench" / "results" / "feeding.json"
     results = json.loads(out.read_text()) if args.only and out.exists() else {}
     results["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
-        for part, measure in (("feeding", lambda: feeding(Path(tmp), 5)), ("ddp", lambda: ddp(Path(tmp), 3))):
-            if args.only in (None, part):
+        ddp_part = "ddp" if args.ddp_shape == "small" else f"ddp_{args.ddp_shape}"
+        parts = (("feeding", lambda: feeding(Path(tmp), 5)), (ddp_part, lambda: ddp(Path(tmp), 3, DDP_SHAPES[args.ddp_shape])))
+        for part, measure in parts:
+            if args.only in (None, part.split("_")[0]):
                 start = os.getloadavg()
                 results[part] = {**measure(), "load_average_at_start": start, "load_average_at_end": os.getloadavg()}
     out.write_text(json.dumps(results, indent=1))

@@ -72,10 +72,12 @@ class _Step(nn.Module):
 def synced_step(trainable: Trainable, device: torch.device) -> Callable[..., StepResult]:
     """`trainable.step`, wrapped in DDP when there are several ranks: backward then averages the
     gradients over ranks (bucketed, overlapped with the backward pass). Buffers are not broadcast:
-    the recipes keep them equal on every rank by all-reducing what updates them."""
+    the recipes keep them equal on every rank by all-reducing what updates them. The gradients are
+    views into DDP's buckets (``gradient_as_bucket_view``), which saves copying every gradient into
+    its bucket and back each step (2 x 4 MB at 256 -> 2048, 2 x 300 MB at Gemma's 2304 -> 16384)."""
     if world() == 1:
         return trainable.step
     device_ids = [device.index] if device.type == "cuda" else None
     params = inspect.signature(DistributedDataParallel).parameters
     no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}  # renamed in torch 2.13
-    return DistributedDataParallel(_Step(trainable), device_ids=device_ids, **no_sync)
+    return DistributedDataParallel(_Step(trainable), device_ids=device_ids, gradient_as_bucket_view=True, **no_sync)
