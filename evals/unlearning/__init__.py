@@ -14,6 +14,6 @@ def prep_bytes(params: dict[str, Any], d_model: int) -> int:
 
 
 EVAL = EvalDef(
-    name="unlearning", version=1, config=UnlearningParams, package="evals.unlearning", reported=output.REPORTED,
+    name="unlearning", version=2, config=UnlearningParams, package="evals.unlearning", reported=output.REPORTED,
     prep="unlearning", prep_exclude=SAE_ONLY, prep_bytes=prep_bytes,
 )

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from sae_bench.evals.unlearning.utils.intervention import anthropic_clamp_resid_SAE_features
+from sae_bench.evals.unlearning.utils.intervention import (
+    anthropic_clamp_resid_SAE_features,
+)
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from evals.unlearning.forward import new_cache, pad_rows, run_piece, run_prompt
 from evals.unlearning.scoring import choice_scores
@@ -28,19 +31,23 @@ def clamp_piece(
 
 
 @torch.no_grad()
-def answers_with_clamp(model: Any, sae: Any, head_acts: torch.Tensor | None, qs: list[KeptQuestion],
-                       features: list[int], multiplier: int, first_block: int,
-                       answer_ids: torch.Tensor | None) -> list[bool]:  # fmt: skip
-    """Whether each kept question is still answered correctly with SAEBench's clamp at the hook."""
-    device, dtype = model.cfg.device, model.cfg.dtype
+def clamped_head(model: Any, sae: Any, head_acts: torch.Tensor | None, features: list[int], multiplier: int,
+                 first_block: int) -> TransformerLensKeyValueCache:  # fmt: skip
+    """The key/value cache of the shared head with the clamp applied (empty when there is no head)."""
     head = new_cache(model)
     if head_acts is not None:
-        x = clamp_piece(head_acts.to(device, dtype), sae, features, multiplier, has_position_0=True)
+        x = clamp_piece(head_acts.to(model.cfg.device, model.cfg.dtype), sae, features, multiplier, True)
         run_piece(model, x[None], head, first_block)
-    right = []
-    for q in qs:
-        x = clamp_piece(q.acts.to(device, dtype), sae, features, multiplier, has_position_0=head_acts is None)
-        conts = pad_rows(list(x[q.own :].split([len(c) for c in q.choices]))) if q.choices else None
-        ran = run_prompt(model, head, x[None, : q.own], conts, first_block)
-        right.append(int(choice_scores(model, ran, q.choices, answer_ids).argmax()) == q.answer)
-    return right
+    return head
+
+
+@torch.no_grad()
+def answer_with_clamp(model: Any, sae: Any, head: TransformerLensKeyValueCache, q: KeptQuestion,
+                      features: list[int], multiplier: int, first_block: int, answer_ids: torch.Tensor | None,
+                      has_position_0: bool) -> bool:  # fmt: skip
+    """Whether one kept question is still answered correctly with SAEBench's clamp at the hook, after the
+    (clamped) shared head."""
+    x = clamp_piece(q.acts.to(model.cfg.device, model.cfg.dtype), sae, features, multiplier, has_position_0)
+    conts = pad_rows(list(x[q.own :].split([len(c) for c in q.choices]))) if q.choices else None
+    ran = run_prompt(model, head, x[None, : q.own], conts, first_block)
+    return int(choice_scores(model, ran, q.choices, answer_ids).argmax()) == q.answer

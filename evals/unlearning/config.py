@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from pipeline.config import EvalConfig
 
 Scoring = Literal["cloze", "letter"]
-SAE_ONLY = ("retain_thresholds", "n_features_list", "multipliers")
+SAE_ONLY = ("retain_thresholds", "n_features_list", "multipliers", "full_sweep")
 """Read only by the per-SAE half (latent selection and the clamp sweep): left out of the prep key."""
 
 
@@ -29,6 +29,10 @@ class UnlearningParams(EvalConfig):
     """How many of the top forget latents are clamped (SAEBench: [10, 20])."""
     multipliers: list[int] = Field(default_factory=lambda: [25, 100])
     """Clamp values, negated (SAEBench: [25, 50, 100, 200])."""
+    full_sweep: bool = False
+    """Run every kept question of every setting, as SAEBench does. Off: skip the questions no selected
+    latent reaches and stop a setting once its retain accuracy cannot reach 0.99; the score is the same
+    (evals/unlearning/setting.py says why), the per-setting table of a stopped setting is not."""
     dataset_size: int = Field(default=32, ge=1)
     """Rows of ``seq_len`` tokens per corpus for feature sparsity (SAEBench: 1024)."""
     seq_len: int = Field(default=128, ge=8)

@@ -1,5 +1,6 @@
 """Unlearning's per-SAE half: feature sparsity from the cached corpus activations, SAEBench's latent
-selection, then per setting one clamped pass over the kept questions (this needs the model)."""
+selection, then per setting a clamped pass over the kept questions it can change (this needs the model;
+``setting.py`` says what is skipped and why the score stays SAEBench's)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from sae_bench.evals.unlearning.main import get_unlearning_scores
 from sae_bench.evals.unlearning.utils.feature_activation import get_top_features
 
 from evals.contract import EvalEnv, Prepared
-from evals.unlearning.clamp import answers_with_clamp
 from evals.unlearning.config import UnlearningParams
 from evals.unlearning.corpus import feature_sparsity
 from evals.unlearning.data import HUB_FORGET
 from evals.unlearning.forward import mlp_weights_stored_transposed
 from evals.unlearning.output import RETAIN_ACCURACY_BAR, build_output
 from evals.unlearning.prompts import answer_token_ids
+from evals.unlearning.setting import SettingAnswers, answer_setting, reach
 from evals.unlearning.stored import MCQ_HEAD, KeptQuestion, kept_questions
 
 
@@ -36,20 +37,25 @@ def sweep(p: UnlearningParams, top_by_threshold: dict[float, np.ndarray]) -> lis
 
 
 def metrics_rows(meta: dict[str, Any], qs: list[KeptQuestion], settings: list[dict[str, Any]],
-                 correct: list[list[bool]], layer: int) -> pd.DataFrame:  # fmt: skip
+                 answers: list[SettingAnswers], layer: int) -> pd.DataFrame:  # fmt: skip
     """SAEBench's ``get_metrics_df`` rows: per setting the accuracy on each set, the pooled retain accuracy
-    (``all_side_effects_mcq``), and the forget accuracy also under SAEBench's column name ``wmdp-bio``."""
+    (``all_side_effects_mcq``), and the forget accuracy also under SAEBench's column name ``wmdp-bio``.
+    A setting that stopped at the retain bar has no per-set accuracies and its retain upper bound."""
     names = [meta["forget"], *meta["retain"]]
     datasets = np.array([q.dataset for q in qs])
     rows = []
-    for s, right in zip(settings, correct, strict=True):
-        ok = np.array(right, dtype=float)
-        row: dict[str, Any] = {name: float(ok[datasets == d].mean()) if (datasets == d).any() else None
-                               for d, name in enumerate(names)}  # fmt: skip
+    for s, a in zip(settings, answers, strict=True):
+        row: dict[str, Any] = dict.fromkeys(names, np.nan)  # NaN: not computed (the table stays numeric)
+        if a.stopped:
+            row["all_side_effects_mcq"] = a.retain_at_most
+        else:
+            ok = np.array(a.correct, dtype=float)
+            row.update({name: float(ok[datasets == d].mean()) for d, name in enumerate(names) if (datasets == d).any()})
+            row["all_side_effects_mcq"] = float(ok[datasets > 0].mean())
         row[HUB_FORGET] = row[meta["forget"]]
-        row["all_side_effects_mcq"] = float(ok[datasets > 0].mean())
         row.update(layer=layer, retain_thres=s["retain_threshold"], n_features=s["n_features"],
-                   n_features_selected=len(s["features"]), multiplier=s["multiplier"])  # fmt: skip
+                   n_features_selected=len(s["features"]), multiplier=s["multiplier"],
+                   stopped_at_retain_bar=a.stopped, questions_run=a.run)  # fmt: skip
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -57,8 +63,9 @@ def metrics_rows(meta: dict[str, Any], qs: list[KeptQuestion], settings: list[di
 def evaluate(
     prepared: Prepared, sae: Any, env: EvalEnv, p: UnlearningParams
 ) -> tuple[UnlearningEvalOutput, dict[str, float]]:
-    """Sparsity from the cached corpus activations, latent selection, then per setting one intervened
-    pass over the kept questions (this needs the model: the clamp changes everything after the hook)."""
+    """Sparsity from the cached corpus activations, latent selection, then per setting an intervened pass
+    over the kept questions the clamp can change, retain first (this needs the model: the clamp changes
+    everything after the hook)."""
     started = time.perf_counter()
     meta = prepared.meta
     sae_hook = getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
@@ -72,20 +79,27 @@ def evaluate(
     head_acts = prepared.tensor(MCQ_HEAD) if meta["head_length"] else None
     qs = kept_questions(prepared)
     first_block = meta["first_block_after_hook"]
-    done: dict[tuple[tuple[int, ...], int], list[bool]] = {}
-    correct = []
+    device, dtype = model.cfg.device, model.cfg.dtype
+    latents = sorted({f for s in settings for f in s["features"]})
+    reached = None if p.full_sweep else reach(sae, head_acts, qs, latents, device, dtype)
+    done: dict[tuple[tuple[int, ...], int], SettingAnswers] = {}
+    answers = []
     with env.reporter.bar(f"unlearning {env.label}", total=len(settings), unit="setting") as bar, \
             mlp_weights_stored_transposed(model):  # fmt: skip
         for s in settings:
             key = (tuple(s["features"]), s["multiplier"])
             if key not in done:  # n larger than the candidates repeats a setting; none selected changes nothing
-                done[key] = [True] * len(qs) if not s["features"] else answers_with_clamp(
-                    model, sae, head_acts, qs, s["features"], s["multiplier"], first_block, answer_ids
+                touched = reached.touched(s["features"]) if reached is not None else None
+                done[key] = SettingAnswers([True] * len(qs), 0) if not s["features"] else answer_setting(
+                    model, sae, head_acts, qs, s["features"], s["multiplier"], first_block, answer_ids, touched,
+                    RETAIN_ACCURACY_BAR,
                 )  # fmt: skip
-            correct.append(done[key])
-            forget = np.mean([c for c, q in zip(correct[-1], qs, strict=True) if q.dataset == 0])
-            bar.advance(1, extra=f"n={s['n_features']} x{s['multiplier']}: forget acc {forget:.2f}")
-    df = metrics_rows(meta, qs, settings, correct, env.model_spec.layer)
+            a = done[key]
+            answers.append(a)
+            state = (f"retain < {RETAIN_ACCURACY_BAR} after {a.run} questions" if a.stopped else
+                     f"forget acc {np.mean([c for c, q in zip(a.correct, qs, strict=True) if q.dataset == 0]):.2f}")
+            bar.advance(1, extra=f"n={s['n_features']} x{s['multiplier']}: {state}")
+    df = metrics_rows(meta, qs, settings, answers, env.model_spec.layer)
     score = float(get_unlearning_scores(df))  # SAEBench's rule; adds its unlearning_effect_mmlu_0_99 column
     qualifying = df[df["all_side_effects_mcq"] >= RETAIN_ACCURACY_BAR]
     best = qualifying.loc[qualifying[HUB_FORGET].idxmin()] if len(qualifying) else None
@@ -95,6 +109,8 @@ def evaluate(
         "retain_accuracy_at_best": round(float(best["all_side_effects_mcq"]), 4) if best is not None else 1.0,
         "settings_within_retain_bar": float(len(qualifying)),
         "settings": float(len(df)),
+        "settings_stopped_at_retain_bar": float(df["stopped_at_retain_bar"].sum()),
+        "questions_run": float(df["questions_run"].sum()),
         "forget_questions": float(meta["questions"][meta["forget"]]["kept"]),
         "retain_questions": float(sum(meta["questions"][n]["kept"] for n in meta["retain"])),
         "eval_seconds": round(time.perf_counter() - started, 2),

@@ -67,7 +67,13 @@ def build_output(
             "questions": meta["questions"],
             "kept_question_ids": meta["kept_question_ids"],
             "retain_accuracy_bar": RETAIN_ACCURACY_BAR,
-            "settings": table.to_dict(orient="records"),
+            "settings": table.astype(object).where(table.notna(), None).to_dict(orient="records"),
+            "settings_note": (
+                "every setting computed in full (full_sweep)" if p.full_sweep else
+                "a setting whose retain accuracy fell below the bar stopped there: its all_side_effects_mcq is "
+                "an upper bound and its per-set accuracies are null; questions no selected latent reaches kept "
+                "the unmodified model's (right) answer"
+            ),
             "selected_features": {str(t): [int(f) for f in top[t][:n_show]] for t in p.retain_thresholds},
             "candidate_features": {str(t): len(top[t]) for t in p.retain_thresholds},
             "corpus_tokens_counted": meta["corpus_tokens_counted"],

@@ -14,9 +14,16 @@ import pytest
 import torch
 from pydantic import ValidationError
 from sae_bench.evals.unlearning.main import get_metrics_df, get_unlearning_scores
-from sae_bench.evals.unlearning.utils.intervention import anthropic_clamp_resid_SAE_features
-from sae_bench.evals.unlearning.utils.metrics import convert_wmdp_data_to_prompt, get_output_probs_abcd
-from sae_bench.sae_bench_utils.activation_collection import get_feature_activation_sparsity
+from sae_bench.evals.unlearning.utils.intervention import (
+    anthropic_clamp_resid_SAE_features,
+)
+from sae_bench.evals.unlearning.utils.metrics import (
+    convert_wmdp_data_to_prompt,
+    get_output_probs_abcd,
+)
+from sae_bench.sae_bench_utils.activation_collection import (
+    get_feature_activation_sparsity,
+)
 from sae_lens import SAE
 
 import evals.unlearning.prepare as unlearning_prepare
@@ -24,8 +31,20 @@ from evals.contract import EvalEnv, Prepared, TensorSink, prepare_in_memory
 from evals.fixtures import unlearning_mcq as fx
 from evals.unlearning.clamp import clamp_piece
 from evals.unlearning.config import UnlearningParams
-from evals.unlearning.corpus import corpus_tokens, feature_sparsity, hook_acts, store_corpus
-from evals.unlearning.data import MIN_DOC_CHARS, EvalData, MCQSet, _hub_forget_docs, _hub_mcq, load_data
+from evals.unlearning.corpus import (
+    corpus_tokens,
+    feature_sparsity,
+    hook_acts,
+    store_corpus,
+)
+from evals.unlearning.data import (
+    MIN_DOC_CHARS,
+    EvalData,
+    MCQSet,
+    _hub_forget_docs,
+    _hub_mcq,
+    load_data,
+)
 from evals.unlearning.evaluate import evaluate, metrics_rows
 from evals.unlearning.forward import (
     mlp_weights_stored_transposed,
@@ -36,9 +55,24 @@ from evals.unlearning.forward import (
     start_layer,
 )
 from evals.unlearning.prepare import _own_and_conts, prepare
-from evals.unlearning.prompts import Prompt, answer_token_ids, build_prompt, encode, shared_head
+from evals.unlearning.prompts import (
+    Prompt,
+    answer_token_ids,
+    build_prompt,
+    encode,
+    shared_head,
+)
 from evals.unlearning.scoring import choice_scores
-from evals.unlearning.stored import CORPUS_ACTS, MCQ_ACTS, MCQ_HEAD, MCQ_INDEX, MCQ_TOKENS, KeptQuestion
+from evals.unlearning.setting import SettingAnswers, reach
+from evals.unlearning.stored import (
+    CORPUS_ACTS,
+    MCQ_ACTS,
+    MCQ_HEAD,
+    MCQ_INDEX,
+    MCQ_TOKENS,
+    KeptQuestion,
+    kept_questions,
+)
 from pipeline.models.cache import get_model
 from pipeline.progress import Reporter
 
@@ -113,7 +147,7 @@ def test_score_table_matches_saebench_get_metrics_df(tmp_path: Path) -> None:
         [False, False, True, False, True, True, True, False],  # retain 0.75 (fails the bar), forget 0.25
         [False, True, False, True, True, True, True, True],  # retain 1.0, forget 0.5 -> the best
     ]
-    ours = metrics_rows(meta, qs, settings, correct, layer=3)
+    ours = metrics_rows(meta, qs, settings, [SettingAnswers(c, len(c)) for c in correct], layer=3)
     for s, right in zip(settings, correct, strict=True):
         metrics = {}
         for d, name in enumerate(["wmdp-bio", "a", "b"]):
@@ -358,5 +392,45 @@ def test_evaluate_writes_saebench_output_and_the_clamp_bites(prepared, sae) -> N
     assert summary["unlearning_score"] == round(data["eval_result_metrics"]["unlearning"]["unlearning_score"], 4)
     assert set(summary) == {
         "unlearning_score", "forget_accuracy_at_best", "retain_accuracy_at_best", "settings_within_retain_bar",
-        "settings", "forget_questions", "retain_questions", "eval_seconds",
+        "settings", "settings_stopped_at_retain_bar", "questions_run", "forget_questions", "retain_questions",
+        "eval_seconds",
     }  # fmt: skip
+
+
+def test_a_question_no_selected_latent_reaches_is_unchanged_by_saebench_clamp(prepared, sae) -> None:
+    """The premise of skipping untouched questions: SAEBench's hook returns their residual up to rounding,
+    and changes the others."""
+    prep, _, _ = prepared
+    qs = kept_questions(prep)
+    reached = reach(sae, prep.tensor(MCQ_HEAD), qs, list(range(sae.cfg.d_sae)), "cpu", torch.float32)
+    firing = reached.questions.sum(axis=0)
+    rare = [int(f) for f in np.argsort(np.where(firing > 0, firing, 10**9))[:2]]
+    hit = reached.questions[:, rare].any(axis=1)
+    assert hit.any() and not hit.all(), (firing[rare], hit)  # the fixture has both kinds
+    for q, t in zip(qs, hit, strict=True):
+        out = clamp_piece(q.acts, sae, rare, 100, has_position_0=False)
+        changed = (out - q.acts).abs().max().item()
+        assert (changed > 1.0) if t else (changed < 1e-4), (t, changed)
+
+
+@pytest.mark.parametrize("multipliers", [[5, 400]])
+def test_shortcuts_keep_saebench_score_and_every_setting_that_counts(prepared, sae, multipliers) -> None:
+    """full_sweep (every question of every setting, SAEBench's way) against the default: the same score,
+    identical rows for the settings that ran to the end, and a stopped setting's bound at or above its
+    true retain accuracy (which is below the bar)."""
+    prep, env, params = prepared
+    p = params.model_copy(update={"retain_thresholds": [0.05, 0.2], "n_features_list": [2, 20], "multipliers": multipliers})
+    fast, fast_summary = evaluate(prep, sae, env, p)
+    full, full_summary = evaluate(prep, sae, env, p.model_copy(update={"full_sweep": True}))
+    assert fast.eval_result_metrics.unlearning.unlearning_score == full.eval_result_metrics.unlearning.unlearning_score
+    a, b = (pd.DataFrame(o.eval_result_unstructured["settings"]) for o in (fast, full))
+    assert not b["stopped_at_retain_bar"].any()
+    assert fast_summary["questions_run"] < full_summary["questions_run"]
+    print(f"\nunlearning sweep: questions run {full_summary['questions_run']:.0f} -> {fast_summary['questions_run']:.0f}, "
+          f"settings stopped "
+          f"{fast_summary['settings_stopped_at_retain_bar']:.0f} of {fast_summary['settings']:.0f}")
+    stopped = a["stopped_at_retain_bar"]
+    for col in ("FIXTURE-bio", "all_side_effects_mcq", *prep.meta["retain"]):
+        np.testing.assert_array_equal(a.loc[~stopped, col].to_numpy(float), b.loc[~stopped, col].to_numpy(float))
+    assert (b.loc[stopped, "all_side_effects_mcq"] <= a.loc[stopped, "all_side_effects_mcq"]).all()
+    assert (a.loc[stopped, "all_side_effects_mcq"] < 0.99).all() and a.loc[stopped, "FIXTURE-bio"].isna().all()
