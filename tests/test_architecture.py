@@ -97,3 +97,28 @@ def test_new_eval_appears_in_plan_and_report(tiny_run, tmp_path: Path, monkeypat
     [row] = summary["saes"]
     assert 0 < row["random_l0"] <= 256 and "random_l0" in summary["headline"]
     assert "## L0 on random vectors" in (store.root / "tiny_l0" / "report.md").read_text()
+
+
+def test_a_preempted_stage_ends_the_local_run(tiny_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM during training (Preempted: checkpoint saved) must stop the run, not move on to the next
+    stage: the scheduler is about to kill the job."""
+    import pipeline.executors.local as local
+    from pipeline.training.preemption import Preempted
+
+    _, store, _ = tiny_run
+    cfg = parse_config(tiny_config(name="tiny_preempt", saes=[{"name": "p", "d_sae": 256, "k": 8, "train_tokens": 2048}]))
+    stages = build_plan(cfg)
+    ran: list[str] = []
+
+    def execute(cfg, store, stage, reporter):  # the train stage is told to stop; nothing else may start
+        ran.append(stage.label)
+        if stage.kind == "train":
+            raise Preempted(f"{stage.label}: SIGTERM at step 3; checkpoint saved, re-run to resume")
+        return local_execute(cfg, store, stage, reporter)
+
+    local_execute = local.execute
+    monkeypatch.setattr(local, "execute", execute)
+    outcomes = run_local(cfg, stages, store, set(), Reporter(enabled=False))
+    train = next(o for o in outcomes if o.stage.kind == "train")
+    assert train.status == "failed" and "SIGTERM" in train.error
+    assert ran[-1] == train.stage.label and outcomes[-1] is train  # nothing started after it

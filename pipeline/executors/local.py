@@ -5,7 +5,8 @@ What to do with each stage (skip, recompute a corrupt artifact, redo a stale one
 back to back (``pipeline.executors.groups``), sharing the process's loaded model. A failing stage does not stop independent
 stages; its dependents are skipped and the run ends with a non-zero status listing what failed. A stage
 another process is computing right now (its lock is held) is skipped, with its dependents, and is not
-a failure: that process commits it.
+a failure: that process commits it. A SIGTERM that stops training (``Preempted``: checkpoint saved) ends
+the run there, as a failure: no later stage starts, and a re-run resumes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pipeline.executors.stage_runner import execute
 from pipeline.progress import Reporter
 from pipeline.stages.registry import kind_of
 from pipeline.state import StageBusy, begin, force, stage_lock, stage_state
+from pipeline.training.preemption import Preempted
 
 
 @dataclass
@@ -67,6 +69,10 @@ def run_local(
             elsewhere.add(stage.label)
             outcomes.append(Outcome(stage, "skipped", error=str(busy)))
             continue
+        except Preempted as exc:  # the job is being stopped: start nothing more
+            reporter.log(f"[red]{stage.label}:[/] {exc}")
+            outcomes.append(Outcome(stage, "failed", time.perf_counter() - started, str(exc)))
+            break
         except Exception as exc:  # one stage's failure must not lose the others' results
             failed.add(stage.label)
             reporter.log(f"[red]{stage.label} failed:[/] {type(exc).__name__}: {exc}")

@@ -65,8 +65,10 @@ def run_stages(cfg: PipelineConfig, store: ArtifactStore, stages: list[Stage], r
     """Each stage in turn in this process, under its own lock (waiting for another holder, then finding
     it usually complete): label -> 'ran', 'cached' or 'failed'. A failing stage is reported with its
     traceback (the job log's error line) and the next one still runs, so one broken SAE of a group
-    loses no other SAE's artifact; what is left to redo is exactly what failed."""
+    loses no other SAE's artifact; what is left to redo is exactly what failed. A SIGTERM that stops
+    training (``Preempted``) ends the group there: the job is being stopped."""
     from pipeline.state import begin, stage_lock
+    from pipeline.training.preemption import Preempted
 
     outcome = {}
     for stage in stages:
@@ -77,6 +79,11 @@ def run_stages(cfg: PipelineConfig, store: ArtifactStore, stages: list[Stage], r
                     continue
                 execute(cfg, store, stage, reporter)
             outcome[stage.label] = "ran"
+        except Preempted as exc:  # the job is being stopped: start nothing more
+            reporter.log(f"[red]{stage.label}:[/] {exc}")
+            outcome[stage.label] = "failed"
+            outcome |= {s.label: "failed" for s in stages if s.label not in outcome}
+            break
         except Exception as exc:  # the group's other stages must still run
             traceback.print_exc(file=sys.stderr)
             reporter.log(f"[red]{stage.label} failed:[/] {type(exc).__name__}: {exc}")
