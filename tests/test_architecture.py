@@ -102,7 +102,7 @@ def test_new_eval_appears_in_plan_and_report(tiny_run, tmp_path: Path, monkeypat
 def test_a_preempted_stage_ends_the_local_run(tiny_run, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM during training (Preempted: checkpoint saved) must stop the run, not move on to the next
     stage: the scheduler is about to kill the job."""
-    import pipeline.executors.local as local
+    from pipeline.executors import local
     from pipeline.training.preemption import Preempted
 
     _, store, _ = tiny_run
