@@ -36,6 +36,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_VERIFIED: set[tuple[str, int, int, int, str]] = set()
+"""Files this process has checked: (path, inode, size, mtime_ns, sha256). A committed artifact is never
+written again, so a file whose stat is unchanged needs no second hash: a grouped eval job reads its prep's
+tensors once per SAE, and each SAE need not re-hash gigabytes another one just checked."""
+
+
 class CorruptArtifactError(RuntimeError):
     """An artifact's files do not match its manifest."""
 
@@ -97,15 +103,21 @@ class ArtifactStore:
         return not self.problems(kind, key)
 
     def verified_file(self, kind: str, key: str, rel: str) -> Path:
-        """Path to one file of a complete artifact, after checking its sha256 against the manifest."""
+        """Path to one file of a complete artifact, after checking its sha256 against the manifest (once per
+        process while the file's stat is unchanged)."""
         folder = self.path(kind, key)
         meta = self.manifest(kind, key)["files"].get(rel)
         if meta is None:
             raise CorruptArtifactError(f"{folder}: manifest lists no file {rel!r}")
+        st = (folder / rel).stat()
+        seen = (str(folder / rel), st.st_ino, st.st_size, st.st_mtime_ns, meta["sha256"])
+        if seen in _VERIFIED:
+            return folder / rel
         if sha256_file(folder / rel) != meta["sha256"]:
             raise CorruptArtifactError(
                 f"{folder / rel}: checksum mismatch; re-run with --force {kind} to recompute it"
             )
+        _VERIFIED.add(seen)
         return folder / rel
 
     def commit(self, kind: str, key: str, staging: Path, record: dict[str, Any]) -> Path:

@@ -58,6 +58,31 @@ def test_truncated_and_altered_files_detected(tmp_path: Path) -> None:
     assert moved is not None and moved.exists() and not (tmp_path / "train" / "k").exists()
 
 
+def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grouped eval job reads the same prep tensors for every SAE: the second read must not re-hash,
+    and a file changed since (new mtime) must be hashed again and caught."""
+    import os
+
+    from pipeline import artifacts
+
+    store = ArtifactStore(tmp_path)
+    staging = store.staging_dir("eval_prep", "p")
+    (staging / "t.bin").write_bytes(b"y" * 4096)
+    store.commit("eval_prep", "p", staging, {})
+    hashed: list[Path] = []
+    real = artifacts.sha256_file
+    monkeypatch.setattr(artifacts, "sha256_file", lambda path: hashed.append(path) or real(path))
+    for _ in range(3):
+        store.verified_file("eval_prep", "p", "t.bin")
+    assert len(hashed) == 1
+    f = tmp_path / "eval_prep" / "p" / "t.bin"
+    f.write_bytes(b"z" * 4096)  # same size, other content, so only the hash can tell
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1_000_000))
+    with pytest.raises(CorruptArtifactError, match="checksum mismatch"):
+        store.verified_file("eval_prep", "p", "t.bin")
+    assert len(hashed) == 2
+
+
 def test_shards_roundtrip_and_open_with_pyarrow_dataset(tmp_path: Path) -> None:
     index, rows = make_shards(tmp_path)
     loaded = np.concatenate([read_shard(tmp_path, s) for s in ShardIndex.load(tmp_path).shards])
