@@ -80,6 +80,7 @@ def run_stages(cfg: PipelineConfig, store: ArtifactStore, stages: list[Stage], r
                 execute(cfg, store, stage, reporter)
             outcome[stage.label] = "ran"
         except Preempted as exc:  # the job is being stopped: start nothing more
+            traceback.print_exc(file=sys.stderr)  # the job log's error line, as for any failure
             reporter.log(f"[red]{stage.label}:[/] {exc}")
             outcome[stage.label] = "failed"
             outcome |= {s.label: "failed" for s in stages if s.label not in outcome}
