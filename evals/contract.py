@@ -157,6 +157,9 @@ class EvalEnv:
     """pipeline.config.synthetic.SyntheticSpec of a synthetic run (its seeds and sample counts)."""
     synthetic_loader: Callable[[], Any] | None = None
     """Loads the run's ``synthetic_model`` artifact (sae-lens's SyntheticModel)."""
+    sae_k: int | None = None
+    """The scored SAE's k as its spec names it (the train stage's ``k``: the L0 it is matched to where an
+    eval matches L0); None in ``prepare``."""
 
     def model(self) -> tuple[Any, Any]:
         """(HookedTransformer, tokenizer), loaded once per process."""

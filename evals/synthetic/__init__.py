@@ -6,15 +6,15 @@ from evals.synthetic.output import PROBE_BASELINE, REPORTED
 
 EVAL = EvalDef(
     "synthetic",
-    2,
+    3,  # 3: scored at matched L0 (match_l0_samples), fitted metrics and the calibration beside them
     SyntheticConfig,
     __name__,
     REPORTED,
     prep="synthetic",
     runs_on="synthetic",
-    prep_exclude=("loo_tau",),
+    prep_exclude=("loo_tau", "match_l0_samples"),
     sae_format="folder",
     variants=variants,
     report_prep=PROBE_BASELINE,
-    prep_version=2,  # 2: the probe runs to convergence on a per-model sample count (rates.py)
+    prep_version=3,  # 2: the probe runs to convergence on a per-model sample count (rates.py); 3: and again on twice the samples
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,13 @@ from sae_lens.synthetic import SyntheticModel, eval_sae_on_synthetic_data
 from torch import Tensor
 
 from evals.contract import EvalEnv, Prepared
+from evals.synthetic.calibrate import Calibration, calibrate
 from evals.synthetic.config import SyntheticConfig
-from evals.synthetic.output import SyntheticEvalOutput
+from evals.synthetic.output import SyntheticEvalOutput, extract
 from pipeline.recipes.loo import LooPruner, loo_prune
 from pipeline.recipes.outputs import Active, Selection
 from pipeline.recipes.saving import CODER_FILE, load_coder
-from pipeline.synthetic.model import chunk_rows, derive_seed, seeded
+from pipeline.synthetic.model import chunk_rows, derive_seed, sample, seeded
 
 
 class CoderAsSAE:
@@ -100,16 +102,47 @@ def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def target_l0(sae: Any, k: int | None) -> int:
+    """The L0 an SAE is matched to: its spec's k (the train stage's), else the k the SAE carries itself
+    (a saepipe coder's, a sae-lens TopK's); a JumpReLU saved by sae-lens carries none."""
+    if k is not None:
+        return k
+    inner = getattr(sae, "sae", sae)
+    own = inner.coder.k if hasattr(inner, "coder") else getattr(inner.cfg, "k", None)
+    if own is None:
+        raise ValueError("match_l0_samples: the SAE records no k to match its L0 to; set evals.synthetic.match_l0_samples: null")
+    return int(own)
+
+
+def calibration_record(cal: Calibration, target: int, n: int, seed: int) -> dict[str, Any]:
+    return {"target_l0": target, "samples": n, "seed": seed, **dataclasses.asdict(cal)}
+
+
 def evaluate(prepared: Prepared, sae_folder: Path, env: EvalEnv, p: SyntheticConfig) -> tuple[SyntheticEvalOutput, dict[str, Any]]:
-    """``p.loo_tau`` None: the SAE's own inference ("plain"); a number: leave-one-out pruning ("loo")."""
+    """``p.loo_tau`` None: the SAE's own inference ("plain"); a number: leave-one-out pruning ("loo").
+    ``p.match_l0_samples`` set: scored at the fitted thresholds, then again with them scaled to L0 = k
+    (when the SAE has thresholds to scale); the matched scores are the reported ones."""
     spec = env.synthetic
     model = env.synthetic_model()
     sae, loader = load_sae_for_eval(sae_folder, p.loo_tau, model.device)  # beside the samples it is scored on
-    result = score(sae, model, spec.eval_samples, derive_seed(spec.seed, "eval"))
-    metrics = flat_metrics(result)
+    eval_seed = derive_seed(spec.seed, "eval")
+    result = score(sae, model, spec.eval_samples, eval_seed)
+    fitted = flat_metrics(result)
+    metrics, calibration = fitted, None
+    if p.match_l0_samples is not None:
+        target = target_l0(sae, env.sae_k)
+        seed = derive_seed(spec.seed, "calibrate")  # its own stream: never the scored samples
+        x, _ = sample(model, p.match_l0_samples, seed)
+        cal = calibrate(sae, x, target, chunk_rows(model))
+        calibration = calibration_record(cal, target, p.match_l0_samples, seed)
+        if cal.factor not in (None, 1.0):
+            result = score(sae, model, spec.eval_samples, eval_seed)
+            metrics = flat_metrics(result)
     variant = "plain" if p.loo_tau is None else "loo"
     output = SyntheticEvalOutput(
         metrics=metrics,
+        fitted_metrics=fitted,
+        calibration=calibration,
         variant=variant,
         loo_tau=p.loo_tau,
         eval_samples=spec.eval_samples,
@@ -119,4 +152,4 @@ def evaluate(prepared: Prepared, sae_folder: Path, env: EvalEnv, p: SyntheticCon
         num_features=model.cfg.num_features,
         sae_lens_result=result,
     )
-    return output, {"variant": variant, **metrics}
+    return output, {"variant": variant, **extract(output.model_dump())}

@@ -19,7 +19,13 @@ class SyntheticEvalOutput(BaseModel):
     """One SAE (variant) scored against the ground truth; SAEBench has no schema for this eval."""
 
     metrics: dict[str, float]
-    """The flat headline metrics (``evaluate.flat_metrics``)."""
+    """The flat metrics the report shows (``evaluate.flat_metrics``): at matched L0 when ``calibration``
+    is set and scaled the thresholds, else at the fitted thresholds."""
+    fitted_metrics: dict[str, float]
+    """The same metrics at the SAE's fitted inference thresholds (equal to ``metrics`` when nothing was scaled)."""
+    calibration: dict[str, Any] | None
+    """How L0 was matched (``calibrate.Calibration`` plus target_l0, samples, seed); None when the eval
+    scored the fitted thresholds only (``match_l0_samples: null``)."""
     variant: str
     """'plain' or 'loo'."""
     loo_tau: float | None
@@ -38,8 +44,19 @@ class SyntheticEvalOutput(BaseModel):
             json.dump(self.model_dump(mode="json"), f, indent=indent)
 
 
+FITTED_SHOWN = ("l0", "f1", "mcc")
+"""Metrics at the fitted thresholds the report shows beside the matched ones (as ``<name>_fitted``)."""
+
+
 def extract(result: dict[str, Any]) -> dict[str, float]:
-    return dict(result["metrics"])
+    """The reported metrics; with L0 matching, also the fitted thresholds' L0/F1/MCC and the factor."""
+    out = dict(result["metrics"])
+    cal = result.get("calibration")
+    if cal is not None:
+        out |= {f"{m}_fitted": result["fitted_metrics"][m] for m in FITTED_SHOWN}
+        if cal["factor"] is not None:
+            out["threshold_scale"] = cal["factor"]
+    return out
 
 
 REPORTED = Reported(
@@ -58,5 +75,10 @@ REPORTED = Reported(
         "true_l0": Metric(None),
         "dead_latents": Metric("lower"),
         "shrinkage": Metric(None),
+        # at the fitted thresholds, beside the matched-L0 scores: shown, never ranked (not at matched L0)
+        "l0_fitted": Metric(None),
+        "f1_fitted": Metric(None),
+        "mcc_fitted": Metric(None),
+        "threshold_scale": Metric(None),
     },
 )

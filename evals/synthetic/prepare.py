@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -32,6 +33,9 @@ block that hits `MAX_ITERS` is reported as not converged."""
 L2 = 1e-4
 """Ridge on each probe's weights, against its loss per training positive (so rare probes are not shrunk harder)."""
 TRAIN_FRACTION = 0.8
+DOUBLING_TOLERANCE = 0.01
+"""The ceiling is converged in its sample count when the same probe on twice the samples moves its F1 by
+less than this (issue 11); the prep runs that check on every model and reports it."""
 THRESHOLDS = torch.linspace(-8.0, 8.0, 33)
 
 
@@ -192,13 +196,33 @@ def run_probes(model: Any, n: int, seed: int) -> dict[str, Any]:
     return probe_f1(hidden, pos, effective_rates(model), n_train) | {"train_samples": n_train}
 
 
+def doubling_check(once: dict[str, Any], twice: dict[str, Any], n: int) -> dict[str, Any]:
+    """The probe on 2n samples beside the one on n: F1 at 2n, the change, and whether it is under the tolerance."""
+    change = twice["f1"] - once["f1"]
+    return {
+        "probe_samples": 2 * n,
+        "f1": twice["f1"],
+        "change": change,
+        "tolerance": DOUBLING_TOLERANCE,
+        "stable": abs(change) < DOUBLING_TOLERANCE,
+        "converged": twice["converged"],
+        "lbfgs_max_iterations": twice["lbfgs_max_iterations"],
+        "min_train_positives": twice["min_train_positives"],
+    }
+
+
 def prepare(env: EvalEnv, p: SyntheticConfig, sink: TensorSink) -> dict[str, Any]:
-    """Probes on `probe_samples` fresh samples (chosen per model when the config leaves it out); the
-    report shows the returned meta as ``probe_baseline``."""
+    """Probes on `probe_samples` fresh samples (chosen per model when the config leaves it out), then on
+    twice as many from the same seeded stream (the doubling check); the report shows the returned meta as ``probe_baseline``. The ceiling is the first
+    run's F1, the one the check vouches for."""
     spec = env.synthetic
     model = env.synthetic_model()
     n = probe_sample_count(model, spec.probe_samples, spec.probe_max_samples, TRAIN_FRACTION)
-    result = run_probes(model, n, derive_seed(spec.seed, "probe"))
+    seed = derive_seed(spec.seed, "probe")
+    started = time.perf_counter()
+    result = run_probes(model, n, seed)
+    first = time.perf_counter()
+    twice = run_probes(model, 2 * n, seed)
     return {
         "metrics": {k: v for k, v in result.items() if k not in ("per_feature_f1", "test_samples", "train_samples")},
         "method": "one logistic-regression probe per ground-truth feature (L-BFGS to convergence, train-tuned threshold)",
@@ -206,4 +230,6 @@ def prepare(env: EvalEnv, p: SyntheticConfig, sink: TensorSink) -> dict[str, Any
         "train_samples": result["train_samples"],
         "test_samples": result["test_samples"],
         "per_feature_f1": result["per_feature_f1"],
+        "doubling": doubling_check(result, twice, n),
+        "seconds": {"probe": round(first - started, 1), "doubling": round(time.perf_counter() - first, 1)},
     }

@@ -49,6 +49,7 @@ def env_for(ctx: StageContext, label: str = "") -> EvalEnv:
         data=cfg.data,
         synthetic=spec_of(ctx.stage) if synth is not None else None,
         synthetic_loader=None if synth is None else (lambda: load_synthetic_model(ctx)),
+        sae_k=ctx.stage.inputs["sae"].params.get("k") if "sae" in ctx.stage.inputs else None,
     )
 
 

@@ -66,13 +66,16 @@ def prep_stage(model: Stage) -> Stage:
     return stage("eval_prep", "eval_prep:synthetic", {"eval": "synthetic", "params": {}}, {"synthetic_model": model})
 
 
+CALIBRATION_SAMPLES = 4000
+
+
 def eval_stage(built: dict[str, Any], train: Stage, loo_tau: float | None) -> dict[str, Any]:
     prep = prep_stage(built["model"])
     stage_runner.execute(built["cfg"], built["store"], prep, QUIET)
     ev = stage(
         "eval_synthetic",
         f"eval_synthetic:tiny-s0{'' if loo_tau is None else '+loo'}",
-        {"params": {"loo_tau": loo_tau}},
+        {"params": {"loo_tau": loo_tau, "match_l0_samples": CALIBRATION_SAMPLES}},
         {"sae": train, "prep:all": prep, "synthetic_model": built["model"]},
     )
     folder = stage_runner.execute(built["cfg"], built["store"], ev, QUIET)
@@ -80,7 +83,8 @@ def eval_stage(built: dict[str, Any], train: Stage, loo_tau: float | None) -> di
 
 
 def test_eval_matches_sae_lens_own_eval(built: dict[str, Any], trained: Stage) -> None:
-    """Our stage (saepipe coder, full recipe path) == sae-lens's eval of sae-lens's own load of the SAE."""
+    """Our stage (saepipe coder, full recipe path) == sae-lens's eval of sae-lens's own load of the SAE, at
+    the fitted threshold and at matched L0 (sae-lens's threshold scaled by the factor our stage found)."""
     from sae_lens import SAE
     from sae_lens.synthetic import eval_sae_on_synthetic_data
 
@@ -92,24 +96,126 @@ def test_eval_matches_sae_lens_own_eval(built: dict[str, Any], trained: Stage) -
     store: ArtifactStore = built["store"]
     sae = SAE.load_from_disk(str(store.path("train", trained.key) / "sae"), device="cpu")
     model = load_model(store.path("synthetic_model", built["model"].key), "cpu")
-    with seeded(derive_seed(TINY.seed, "eval")):
-        ref = eval_sae_on_synthetic_data(sae, model.feature_dict, model.activation_generator, 4000, chunk_rows(model))
-    theirs = flat_metrics(ref.to_dict())
-    for name in ("f1", "precision", "recall", "mcc", "uniqueness", "explained_variance", "l0", "true_l0", "dead_latents"):
-        assert ours["metrics"][name] == pytest.approx(theirs[name], abs=1e-6), name
+
+    def theirs() -> dict[str, float]:
+        with seeded(derive_seed(TINY.seed, "eval")):
+            ref = eval_sae_on_synthetic_data(sae, model.feature_dict, model.activation_generator, 4000, chunk_rows(model))
+        return flat_metrics(ref.to_dict())
+
+    names = ("f1", "precision", "recall", "mcc", "uniqueness", "explained_variance", "l0", "true_l0", "dead_latents")
+    fitted = theirs()
+    for name in names:
+        assert ours["fitted_metrics"][name] == pytest.approx(fitted[name], abs=1e-6), name
+    cal = ours["calibration"]
+    # the train stage here names no k: the coder's own k (6) is the target
+    assert cal["method"] == "threshold_scale" and cal["target_l0"] == 6 and cal["samples"] == CALIBRATION_SAMPLES
+    assert cal["reached"] and abs(cal["l0"] - 6) <= 6e-3 and cal["l0_fitted"] == pytest.approx(fitted["l0"], rel=0.05)
+    assert cal["seed"] not in (derive_seed(TINY.seed, "eval"), derive_seed(TINY.seed, "probe"))  # its own stream
+    assert abs(cal["factor"] - 1) > 1e-3 and abs(fitted["l0"] - 6) > 0.05  # the fitted threshold was off k
+    with torch.no_grad():
+        sae.threshold.mul_(cal["factor"])
+    matched = theirs()
+    for name in names:
+        assert ours["metrics"][name] == pytest.approx(matched[name], abs=2e-3), name
     m = ours["metrics"]
+    assert m["l0"] == pytest.approx(6, rel=0.02)  # matched on other samples, and it holds on the scored ones
     assert m["explained_variance"] > 0.5 and m["mcc"] > 0.3 and 0 < m["f1"] <= 1  # it learned something
-    assert 0 < m["l0"] < 20
+
+
+def _coder(activation: dict[str, Any], seed: int = 0) -> Any:
+    """A 16 -> 64 coder (k 5) whose inference thresholds are spread out, as training leaves them."""
+    from pipeline.config.recipe import RecipeSpec
+    from pipeline.recipes.activation import BatchTopK, JumpReLU
+    from pipeline.recipes.coder import build_coder
+
+    coder = build_coder(RecipeSpec.model_validate(activation), 16, 64, 5, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    spread = 0.05 + 0.3 * torch.rand(64, generator=gen)
+    act = coder.activation
+    with torch.no_grad():
+        if isinstance(act, BatchTopK):
+            act.threshold_global.fill_(0.2)
+            act.threshold_latent.copy_(spread)
+            act.latent_seen[: 48] = True  # the other 16 fall back to the global threshold
+        elif isinstance(act, JumpReLU) and act.direct:
+            act.direct_threshold.copy_(spread)
+        elif isinstance(act, JumpReLU):
+            act.log_threshold.copy_(spread.log())
+    return coder
+
+
+@pytest.mark.parametrize("activation", [{"activation": "batchtopk", "batchtopk": {"threshold": "per_latent"}},
+                                        {"activation": "jumprelu"}, {"activation": "jumprelu", "jumprelu": {"threshold_param": "direct"}},
+                                        {"activation": "jumprelu", "saved": True}])  # fmt: skip
+def test_calibration_scales_every_threshold_by_one_factor_to_l0_k(activation: dict[str, Any], tmp_path: Path) -> None:
+    """Saepipe's BatchTopK (global + per-latent) and JumpReLU (log and direct), and sae-lens's JumpReLU:
+    one common factor, the mean L0 at k on the calibration samples, the ordering of thresholds kept."""
+    from sae_lens import SAE
+
+    from evals.synthetic.calibrate import REL_TOL, calibrate, mean_l0, thresholds_of
+    from evals.synthetic.evaluate import CoderAsSAE
+    from pipeline.recipes.saving import save_coder
+
+    saved = activation.pop("saved", False)
+    coder = _coder(activation)
+    if saved:
+        save_coder(coder, tmp_path / "sae")
+        (tmp_path / "sae" / "saepipe_coder.safetensors").unlink()
+        sae: Any = SAE.load_from_disk(str(tmp_path / "sae"), device="cpu")
+    else:
+        sae = CoderAsSAE(coder)
+    x = torch.randn(3000, 16, generator=torch.Generator().manual_seed(1)) * 0.5
+    th = thresholds_of(sae)
+    assert th is not None
+    before = [t.detach().clone() for t in th.tensors]
+    fitted_l0 = mean_l0(sae, x, 1000)
+    cal = calibrate(sae, x, 5, rows=1000)
+    assert cal.method == "threshold_scale" and cal.reached and cal.steps > 0
+    assert cal.l0_fitted == pytest.approx(fitted_l0) and abs(fitted_l0 - 5) > 1  # far from k before
+    assert abs(mean_l0(sae, x, 1000) - 5) <= REL_TOL * 5 and cal.l0 == pytest.approx(mean_l0(sae, x, 1000))
+    for t, b, is_log in zip(th.tensors, before, th.logs, strict=True):
+        after = t.detach().exp() / b.exp() if is_log else t.detach()[b > 0] / b[b > 0]
+        assert torch.allclose(after.double(), torch.full_like(after.double(), cal.factor), rtol=1e-5), after
+
+
+def test_topk_and_thresholdless_saes_are_not_scaled(tmp_path: Path) -> None:
+    """TopK (saepipe's and the pca/random baselines' sae-lens TopK) has L0 k by construction; ReLU + L1 has
+    no threshold to scale: both are scored as they are and say why. A sae-lens JumpReLU records no k."""
+    from sae_lens import SAE
+
+    from evals.synthetic.calibrate import calibrate
+    from evals.synthetic.evaluate import CoderAsSAE, target_l0
+    from pipeline.config.recipe import RecipeSpec
+    from pipeline.recipes.coder import build_coder
+    from pipeline.recipes.saving import save_coder
+    from pipeline.training.baselines import random_weights, save_topk
+
+    x = torch.randn(2000, 16, generator=torch.Generator().manual_seed(1))
+    save_topk(random_weights(16, 64, 0), 5, tmp_path / "random", {"model_name": "synthetic:t", "hook_name": "synthetic"})
+    baseline = SAE.load_from_disk(str(tmp_path / "random"), device="cpu")
+    topk = CoderAsSAE(build_coder(RecipeSpec.model_validate({"activation": "topk"}), 16, 64, 5))
+    for sae in (baseline, topk):
+        cal = calibrate(sae, x, target_l0(sae, None), rows=1000)
+        assert cal.method.startswith("topk") and cal.factor is None and cal.l0 == cal.l0_fitted == pytest.approx(5.0)
+    relu = CoderAsSAE(build_coder(RecipeSpec.model_validate({"activation": "relu_l1"}), 16, 64, 5))
+    cal = calibrate(relu, x, 5, rows=1000)
+    assert cal.method == "no inference threshold" and cal.factor is None and not cal.reached  # ReLU fires on ~half
+    save_coder(_coder({"activation": "jumprelu"}), tmp_path / "jr")
+    (tmp_path / "jr" / "saepipe_coder.safetensors").unlink()
+    with pytest.raises(ValueError, match="match_l0_samples"):
+        target_l0(SAE.load_from_disk(str(tmp_path / "jr"), device="cpu"), None)
+    assert target_l0(baseline, 7) == 7  # the spec's k wins
 
 
 def test_loo_variant(built: dict[str, Any], trained: Stage, tmp_path: Path) -> None:
     from evals.synthetic.evaluate import flat_metrics, load_sae_for_eval, score
     from pipeline.synthetic.model import derive_seed, load_model
 
-    plain = eval_stage(built, trained, None)["metrics"]
+    plain = eval_stage(built, trained, None)["fitted_metrics"]
     loo = eval_stage(built, trained, 0.0)
     assert loo["variant"] == "loo" and loo["loo_tau"] == 0.0
-    m = loo["metrics"]
+    assert loo["metrics"]["l0"] == pytest.approx(6, rel=0.02)  # matched through the pruning too
+    m = loo["fitted_metrics"]
     assert m["l0"] <= plain["l0"] + 1e-9
     assert m["true_l0"] == plain["true_l0"]  # same samples
     assert all(np.isfinite(v) for v in m.values())
@@ -152,6 +258,14 @@ def test_probe_baseline_on_easy_model(tmp_path: Path) -> None:
     assert result["metrics"]["f1"] > 0.9, result["metrics"]
     assert result["metrics"]["features_with_test_positives"] == 16
     assert len(result["per_feature_f1"]) == 16 and result["test_samples"] == 800
+    # the doubling check, by hand: the same probe on 8,000 samples of the prep's stream
+    from evals.synthetic.prepare import run_probes
+    from pipeline.synthetic.model import build_model, derive_seed
+
+    twice = run_probes(build_model(easy, "cpu"), 8000, derive_seed(easy.seed, "probe"))
+    d = result["doubling"]
+    assert d["probe_samples"] == 8000 and d["f1"] == pytest.approx(twice["f1"])
+    assert d["change"] == pytest.approx(twice["f1"] - result["metrics"]["f1"]) and d["stable"] == (abs(d["change"]) < 0.01)
     assert "meta.json" in store.manifest("eval_prep", probe.key)["files"]  # checksummed like every artifact
 
 
@@ -170,7 +284,7 @@ def test_synthetic_comparison_end_to_end_with_seeds_and_loo(tmp_path: Path) -> N
             {"name": "mat", "d_sae": 64, "k": 4, "lr": 3e-3, "batch_size": 512, "seeds": [0, 1],
              "recipe": {"matryoshka": {"levels": [16, 64]}}},
         ],
-        "evals": {"synthetic": {"loo_tau": 0.0}},
+        "evals": {"synthetic": {"loo_tau": 0.0, "match_l0_samples": CALIBRATION_SAMPLES}},
     }
     cfg = parse_config(raw)
     store = ArtifactStore(tmp_path)
@@ -182,8 +296,11 @@ def test_synthetic_comparison_end_to_end_with_seeds_and_loo(tmp_path: Path) -> N
     assert by_spec["btk"]["n_seeds"] == 2 and by_spec["btk"]["f1"]["ci95"] > 0
     assert by_spec["btk+loo"]["l0"]["mean"] <= by_spec["btk"]["l0"]["mean"] + 1e-9
     assert 0.5 < summary["probe_baseline"]["metrics"]["f1"] <= 1.0
+    for spec in ("btk", "mat"):  # matched L0 by default: L0 at k = 4, the fitted one beside it
+        assert by_spec[spec]["l0"]["mean"] == pytest.approx(4, rel=0.03) and "l0_fitted" in by_spec[spec]
     report = (tmp_path / "synth_tiny" / "report.md").read_text()
     assert "Supervised probe baseline" in report and "±" in report
+    assert "on twice the samples (8000)" in report and "at matched L0" in report
 
 
 # -- (f) the probe ceiling converges --------------------------------------------------------------
