@@ -47,6 +47,18 @@ AUTOINTERP = {
     }},
 }  # fmt: skip
 EXTRA = {"precision": 0.5, "recall": 0.5, "accuracy": 0.5, "uniqueness": 0.5, "explained_variance": 0.5, "true_l0": 10.0, "shrinkage": 1.0}
+FITTED = {"l0": [12.0, 12.5, 13.0], "f1": [0.3, 0.35, 0.4], "mcc": [0.5, 0.5, 0.5]}
+SCALE = [1.05, 1.10, 1.15]
+"""b was scored at matched L0: its eval JSONs hold the fitted-threshold metrics and the factor beside the matched ones."""
+
+
+def _synthetic_json(spec: str, seed: int) -> dict:
+    values = {m: v[seed] for m, v in VALUES[spec].items()}
+    out: dict = {"metrics": {**EXTRA, **values}}
+    if spec == "b":
+        out["fitted_metrics"] = {**out["metrics"], **{m: v[seed] for m, v in FITTED.items()}}
+        out["calibration"] = {"method": "threshold_scale", "factor": SCALE[seed], "target_l0": 11, "l0": 11.0}
+    return out
 
 
 def _commit(store: ArtifactStore, st, files: dict[str, dict], record: dict) -> None:
@@ -65,7 +77,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     cfg = parse_config(tiny_config())
     inputs = {}
     logs = {"a-s0": LOG_A, "b-s0": LOG_B, "p-s0": []}  # the baseline's log has no steps: no curve
-    for spec, metrics in VALUES.items():
+    for spec in VALUES:
         for seed in range(3):
             sae_id = f"{spec}-s{seed}"
             train = stage("train", f"train:{sae_id}", {"spec": spec, "seed": seed})
@@ -74,8 +86,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
             params = {"trainer": TRAINERS[spec], "d_sae": 64, "k": 4, "batch_size": BATCH}
             _commit(store, train, files, {"params": params, "summary": summary})
             ev = stage("eval_synthetic", f"eval_synthetic:{sae_id}", {"loo_tau": None}, {"sae": train})
-            values = {m: v[seed] for m, v in metrics.items()}
-            _commit(store, ev, {"synthetic.json": {"metrics": {**EXTRA, **values}}}, {"params": {}, "summary": {}})
+            _commit(store, ev, {"synthetic.json": _synthetic_json(spec, seed)}, {"params": {}, "summary": {}})
             inputs[train.label], inputs[ev.label] = train, ev
             if sae_id == "a-s0":
                 ai = stage("eval_autointerp", "eval_autointerp:a-s0", {}, {"sae": train})
@@ -138,8 +149,27 @@ def test_scoreboard(report: tuple[dict, str, str]) -> None:
     # the PCA baseline has the best f1 and no dead latents, yet a and b stay best; it is listed beside them
     assert board["f1"]["best"] == "a" and board["dead_latents"]["best"] == "b" and "p" not in board["mcc"]["indistinguishable"]
     p_vs_a = stats.ttest_ind(VALUES["p"]["f1"], VALUES["a"]["f1"], equal_var=False).pvalue
-    assert board["f1"]["baselines"] == {"p": {"mean": pytest.approx(0.9), "within_noise_of_best": bool(p_vs_a >= 0.05)}}
+    assert board["f1"]["baselines"] == {"p": {"mean": pytest.approx(0.9), "within_noise_of_best": bool(p_vs_a >= 0.05), "beats_best": True}}
     assert p_vs_a < 0.05  # by hand: the baseline's f1 really is separated from the best's (and above it)
+    # the best scores below the baseline: said plainly on f1 (0.6 < 0.9) and dead latents (lower is better: 2 > 0), not on mcc
+    assert board["dead_latents"]["baselines"]["p"]["beats_best"] and not board["mcc"]["baselines"]["p"]["beats_best"]
+    rows = {ln.split("|")[1].strip(): ln for ln in report[1].split("## Scoreboard")[1].split("\n## ")[0].splitlines() if ln.startswith("| ")}
+    assert rows["f1"].endswith("| p 0.9 ‡ best scores below it |") and "‡" not in rows["mcc"]
+    assert "p 0 ≈ ‡ best scores below it" in rows["dead_latents"]  # 0, 0, 0 vs 1, 2, 3: not separated (p 0.07), still below
+
+
+def test_matched_l0_fitted_metrics_beside_the_matched_ones(report: tuple[dict, str, str]) -> None:
+    """b's eval JSONs carry its fitted-threshold L0/F1/MCC and the calibration factor: shown as columns
+    (by hand: their means), never bold; a and p, scored without calibration, have none."""
+    summary, md, _ = report
+    b = _by_spec(summary, "b")
+    for m, values in FITTED.items():
+        assert b[f"{m}_fitted"]["mean"] == pytest.approx(sum(values) / 3) and b[f"{m}_fitted"]["values"] == values
+    assert b["threshold_scale"]["mean"] == pytest.approx(1.10)
+    assert "l0_fitted" not in _by_spec(summary, "a") and "threshold_scale" not in _by_spec(summary, "p")
+    row = _row(md, "Synthetic ground truth", "b")
+    assert row["f1_fitted"] == "0.35 ± 0.12" and row["threshold_scale"].startswith("1.1 ± ") and "**" not in row["l0_fitted"]
+    assert "Synthetic ground truth at matched L0" in md.split("## Notes")[1]
 
 
 def test_baselines_are_marked_and_never_bold(report: tuple[dict, str, str]) -> None:
@@ -210,7 +240,11 @@ def test_suite_counts_leave_baselines_out() -> None:
     assert sorted(suite["pairs"][0]["a_better_on"]) == ["deep", "flat"] and suite["pairs"][0]["b_better_on"] == []
     lines = report_suite.markdown(suite)
     assert any(ln.startswith("| *rand* (baseline) | 1.01 ± 0.025 | 0.91 ± 0.025 |") for ln in lines)
-    assert any(ln.startswith("| a | **0.61 ± 0.025** | **0.51 ± 0.025** |") for ln in lines)  # a, not the higher baseline, is each shape's best
+    # a, not the higher baseline, is each shape's best; ‡: and it scores below that baseline on both shapes
+    assert any(ln.startswith("| a | **0.61 ± 0.025** ‡ | **0.51 ± 0.025** ‡ |") for ln in lines)
+    assert suite["below_baseline"]["f1"]["deep"] == {"best": "a", "mean": pytest.approx(0.61),
+                                                     "baselines": {"rand": {"mean": pytest.approx(1.01), "separated": True}}}  # fmt: skip
+    assert "‡ deep: the best spec, a (0.61), scores below a baseline: rand 1.01 (separated by the seeds)." in lines
 
 
 def test_suite_marks_comparisons_whose_l0_is_not_matched() -> None:

@@ -28,6 +28,7 @@ from pipeline.stages.report_facts import (
 )
 from pipeline.stages.report_stats import (
     L0_TOLERANCE,
+    beats,
     best_by_metric,
     interval95,
     l0_mismatch,
@@ -145,7 +146,8 @@ def md_name(a: dict[str, Any]) -> str:
 
 def scoreboard(agg: list[dict[str, Any]], groups: list[tuple[str, list[str]]], better: dict[str, Any]) -> list[dict[str, Any]]:
     """Per scored metric: the best spec, the specs the seeds cannot tell from it, those at another L0, and
-    each baseline's mean (with whether the best is distinguishable from it)."""
+    each baseline's mean (with whether the best is distinguishable from it, and whether its mean is better
+    than the best's: the best SAE then scores below a baseline)."""
     board = []
     for (shape, shape_agg), (_, cols) in ((s, g) for s in report_suite.by_shape(agg).items() for g in groups):
         for col, top in best_by_metric(shape_agg, cols, better).items():
@@ -158,7 +160,8 @@ def scoreboard(agg: list[dict[str, Any]], groups: list[tuple[str, list[str]]], b
                 "best": top["sae"],
                 "indistinguishable": [a["sae"] for a in others if within_noise(a[col]["values"], top[col]["values"])],
                 "l0_not_matched": [a["sae"] for a in others if l0_mismatch(a, top)],
-                "baselines": {a["sae"]: {"mean": a[col]["mean"], "within_noise_of_best": within_noise(a[col]["values"], top[col]["values"])}
+                "baselines": {a["sae"]: {"mean": a[col]["mean"], "within_noise_of_best": within_noise(a[col]["values"], top[col]["values"]),
+                                         "beats_best": beats(a[col]["mean"], top[col]["mean"], better[col])}
                               for a in baselines},
             })  # fmt: skip
     return board
@@ -188,7 +191,8 @@ def markdown(run: str, rows: list[dict[str, Any]], agg: list[dict[str, Any]], ru
               + f" | {differs_text(r.get('differs_from_reference')).replace('|', chr(92) + '|')} |" for r in rows]  # fmt: skip
     lines += ["", "## Scoreboard", "", "Best spec per metric (baselines excluded); ≈ lists the specs the seeds cannot tell from it",
               f"(Welch, p ≥ 0.05); † lists the specs whose mean L0 differs from the best's by more than {L0_TOLERANCE:.0%}",
-              "(not a matched-L0 comparison); baselines shows each baseline's mean, ≈ when the best is not distinguishable from it.", "",
+              "(not a matched-L0 comparison); baselines shows each baseline's mean, ≈ when the best is not distinguishable from it,",
+              "and says so when the best scores below it.", "",
               "| metric | better | best | ≈ best | † L0 not matched | baselines |", "|---|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| {report_suite.metric_at(b)} | {b['better']} | {b['best']} | {', '.join(b['indistinguishable'])} | "
               f"{', '.join(b['l0_not_matched'])} | {baselines_text(b)} |" for b in run_level["scoreboard"]]  # fmt: skip
@@ -234,8 +238,17 @@ def notes(cols: list[str], run_level: dict[str, Any]) -> str:
         pb = run_level["probe_baseline"]["metrics"]
         lines += [
             "",
-            f"Supervised probe baseline (the F1 ceiling: one logistic probe per true feature): F1 {pb['f1']:.4g}.",
+            f"Supervised probe baseline (the F1 ceiling: one logistic probe per true feature): F1 {pb['f1']:.4g}; "
+            + doubling_text(run_level["probe_baseline"].get("doubling")) + ".",
             "SAE F1 averages over latents (each matched to its best-cosine true feature), the probe's over features.",
+        ]
+    if "l0_fitted" in cols:
+        lines += [
+            "",
+            "Synthetic ground truth at matched L0: before scoring, a threshold-type SAE's inference thresholds are scaled",
+            "by one common factor (threshold_scale) so that its mean L0 on calibration samples (their own stream) is its k;",
+            "TopK SAEs (the pca and random baselines too) need none. l0_fitted, f1_fitted, mcc_fitted: the same SAE at its",
+            "fitted thresholds, on the same samples (shown, never ranked: they are not at matched L0).",
         ]
     if any(c.startswith("ce_") for c in cols):
         lines += [
@@ -264,6 +277,14 @@ def notes(cols: list[str], run_level: dict[str, Any]) -> str:
     if "unlearning_score" in cols:
         lines += ["", "unlearning_score: 1 - forget-set accuracy at the best setting that keeps retain accuracy (SAEBench)."]
     return "\n".join(lines)
+
+
+def doubling_text(d: dict[str, Any] | None) -> str:
+    """The probe ceiling's doubling check in words."""
+    if not d:
+        return "doubling check not run"
+    verdict = "converged" if d["stable"] else f"NOT converged in its sample count (|change| ≥ {d['tolerance']})"
+    return f"on twice the samples ({d['probe_samples']}) F1 {d['f1']:.4g}, change {d['change']:+.4f}: {verdict}"
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

@@ -44,6 +44,8 @@ def train_facts(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def baselines_text(board_entry: dict[str, Any]) -> str:
-    """'pca 0.12 ≈, random 0.03': each baseline's mean; ≈ when the seeds cannot tell the best from it."""
+    """'pca 0.12 ≈, random 0.03': each baseline's mean; ≈ when the seeds cannot tell the best from it;
+    '‡ best scores below it' when its mean is better than the best's."""
     return ", ".join(f"{name} {b['mean']:.4g}" + (" ≈" if b["within_noise_of_best"] else "")
+                     + (" ‡ best scores below it" if b.get("beats_best") else "")
                      for name, b in board_entry.get("baselines", {}).items())  # fmt: skip

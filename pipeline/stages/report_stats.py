@@ -46,6 +46,11 @@ def difference(a: list[float], b: list[float]) -> tuple[float, float]:
     return diff, float(stats.t.ppf(0.975, df) * math.sqrt(va + vb))
 
 
+def beats(x: float, y: float, better: str) -> bool:
+    """x's mean is on the better side of y's (no test: say separately whether the seeds separate them)."""
+    return x > y if better == "higher" else x < y
+
+
 BASELINE_TRAINERS = ("pca", "random")
 """Trainers whose SAEs are reference points (SAEBench's PCA baseline, an untrained SAE), not contenders."""
 L0_TOLERANCE = 0.05

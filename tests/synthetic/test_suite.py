@@ -27,6 +27,7 @@ def suite_raw(saes: list[dict[str, Any]]) -> dict[str, Any]:
         "synthetic_suite": {"base": TINY_BASE, "shapes": {"flat": {}, "wide": {"hidden_dim": 24, "correlation": None}}},
         "activations": {"n_tokens": 8192, "contexts_per_shard": 4},
         "saes": saes,
+        "evals": {"synthetic": {"match_l0_samples": 2000}},  # matched L0 on few calibration samples: fast
     }
 
 
@@ -91,6 +92,36 @@ def test_better_on_n_of_m_shapes_counts_only_separated_differences() -> None:
     assert "**0.51 ± 0.025**" in lines  # the shape's best in bold
 
 
+def test_suite_marks_an_unconverged_ceiling_and_a_best_below_a_baseline() -> None:
+    """The probe ceiling's doubling check per shape (✗ when twice the samples moved F1 by >= 0.01), and a
+    shape's best that scores below a baseline (‡, and a sentence saying by how much and whether the seeds
+    separate them), in each metric's own direction."""
+    rows = [{"sae": f"{spec}@{shape}", "spec": spec, "shape": shape, "seed": i, "baseline": spec == "random", "f1": f1, "dead": dead, "l0": 8.0}
+            for (spec, shape), (f1s, dead) in {
+                ("a", "s1"): ([0.50, 0.51, 0.52], 10.0), ("random", "s1"): ([0.20, 0.21, 0.22], 0.0),  # f1 above random; dead: below it
+                ("a", "s2"): ([0.10, 0.20, 0.30], 10.0), ("random", "s2"): ([0.22, 0.23, 0.24], 20.0),  # f1 below random, not separated
+            }.items() for i, f1 in enumerate(f1s)]  # fmt: skip
+    for i, r in enumerate(rows):
+        r["dead"] += i % 3  # some spread over seeds
+    doubling = lambda f1, change: {"probe_samples": 4000, "f1": f1 + change, "change": change, "tolerance": 0.01,
+                                   "stable": abs(change) < 0.01, "converged": True}  # fmt: skip
+    run_level = {"headline": ["f1", "dead"], "better": {"f1": "higher", "dead": "lower", "l0": None},
+                 "probe_baseline@s1": {"metrics": {"f1": 0.9}, "probe_samples": 2000, "doubling": doubling(0.9, 0.004)},
+                 "probe_baseline@s2": {"metrics": {"f1": 0.8}, "probe_samples": 2000, "doubling": doubling(0.8, -0.015)}}  # fmt: skip
+    suite = report_suite.summarise(aggregate(rows), run_level)
+    assert list(suite["below_baseline"]["f1"]) == ["s2"] and list(suite["below_baseline"]["dead"]) == ["s1"]
+    assert suite["below_baseline"]["f1"]["s2"]["baselines"]["random"]["separated"] is False
+    assert suite["below_baseline"]["dead"]["s1"]["baselines"]["random"]["separated"] is True
+    lines = report_suite.markdown(suite)
+    assert "| a | **0.51 ± 0.025** | **0.2 ± 0.25** ‡ |" in lines
+    assert "‡ s2: the best spec, a (0.2), scores below a baseline: random 0.23 (the seeds cannot separate them)." in lines
+    assert "‡ s1: the best spec, a (11), scores below a baseline: random 1 (separated by the seeds)." in lines
+    assert "| *probe ceiling* | 0.9 | 0.8 ✗ |" in lines
+    ceiling = {ln.split("|")[1].strip(): ln for ln in lines if ln.startswith("| s")}
+    assert ceiling["s1"].endswith("| 0.904 (4000; +0.0040) |")
+    assert ceiling["s2"].endswith("| 0.785 (4000; -0.0150) ✗ not converged (|change| ≥ 0.01) |")
+
+
 def test_suite_runs_end_to_end_and_reports_per_shape(tmp_path: Path) -> None:
     from pipeline.artifacts import ArtifactStore
     from pipeline.executors.local import run_local
@@ -102,6 +133,8 @@ def test_suite_runs_end_to_end_and_reports_per_shape(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "suite_tiny" / "summary.json").read_text())
     assert {r["sae"] for r in summary["saes"]} == {"btk@flat", "btk@wide"}
     assert summary["suite"]["shapes"] == ["flat", "wide"] and set(summary["suite"]["probe_ceiling"]) == {"flat", "wide"}
+    assert all(p["doubling"]["probe_samples"] == 4000 for p in summary["suite"]["probe_ceiling"].values())  # the prep's doubling check
+    assert summary["suite"]["matched_l0"] and all(a["l0"]["mean"] == pytest.approx(3, rel=0.05) for a in summary["by_spec"])  # k 3
     assert {b.get("shape") for b in summary["scoreboard"]} == {"flat", "wide"}
     report = (tmp_path / "suite_tiny" / "report.md").read_text()
     assert "## Suite: each spec on each shape" in report and "| *probe ceiling* |" in report
