@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
+from evals.synthetic.calibrate import calibrate as match_l0
 from evals.synthetic.evaluate import CoderAsSAE, flat_metrics, score
 from pipeline.config.recipe import RecipeSpec
 from pipeline.config.synthetic import SyntheticSpec
@@ -363,24 +364,6 @@ def as_inference_sae(trained: Any, folder: Path) -> Any:
     return SAE.load_from_disk(str(folder), device="cpu")
 
 
-@torch.no_grad()
-def calibrate_thresholds(sae: Any, x: torch.Tensor, k: int) -> float | None:
-    """Scale a JumpReLU-form SAE's thresholds by one common factor s so that the mean L0 on `x` is k
-    (bisection on log s); for a global threshold (BatchTopK) that is the threshold giving L0 k. Returns s;
-    None for TopK (its L0 is k by construction)."""
-    if not hasattr(sae, "threshold"):
-        return None
-    h = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
-    theta = sae.threshold.detach().clone()
-    l0 = lambda scale: float(((h > scale * theta) & (h > 0)).sum()) / x.shape[0]  # noqa: E731
-    lo, hi = 1e-4, 1e4  # L0(lo) >= k >= L0(hi) for any trained SAE here
-    for _ in range(80):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if l0(mid) > k else (lo, mid)
-    sae.threshold.copy_(hi * theta)
-    return hi
-
-
 def parity_one(arch: str, trainer: str, seed: int, l0_coefficient: float | None, model: Any, x: torch.Tensor,
                calib: torch.Tensor, spec: SyntheticSpec, out_path: Path) -> dict[str, Any]:
     import tempfile
@@ -395,7 +378,7 @@ def parity_one(arch: str, trainer: str, seed: int, l0_coefficient: float | None,
         sae = as_inference_sae(trained, Path(tmp))
     sae.eval()
     fit = flat_metrics(score(sae, model, spec.eval_samples, seed=4242))
-    info["calibration_scale"] = calibrate_thresholds(sae, calib, g["k"])
+    info["calibration_scale"] = match_l0(sae, calib, g["k"], rows=calib.shape[0]).factor  # the pipeline's matched L0 (calibrate.py)
     cal = fit if info["calibration_scale"] is None else flat_metrics(score(sae, model, spec.eval_samples, seed=4242))
     row = {"arch": arch, "trainer": trainer, "seed": seed, "steps": g["steps"], "shape": g["shape"], "lr": g["lr"],
            "d_sae": g["d_sae"], "k": g["k"], "l0_coefficient": l0_coefficient, "recipe": recipe.model_dump(mode="json"),
