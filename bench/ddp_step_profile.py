@@ -60,7 +60,7 @@ def main() -> None:
                 inner[name] = inner.get(name, 0.0) + clock() - started
         return wrapped
 
-    activation.global_batch_topk_mask = timed("select", activation.global_batch_topk_mask)
+    activation.global_batch_topk_flat = timed("select", activation.global_batch_topk_flat)
     activation.batch_topk_flat = timed("select", activation.batch_topk_flat)
     activation.all_cat = timed("gather", activation.all_cat)
 

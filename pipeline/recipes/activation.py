@@ -89,6 +89,34 @@ def global_batch_topk_mask(h: Tensor, n_keep: int) -> Tensor:
     return torch.where(cut > 0, acts >= cut, acts > 0)
 
 
+def global_batch_topk_flat(h: Tensor, n_keep: int, candidates_per_row: int) -> Tensor:
+    """Flat indices of this rank's entries among the n_keep largest relu(h) of the *global* batch: the
+    entries `global_batch_topk_mask` keeps, found as `batch_topk_flat` finds them.
+
+    Each rank offers the top n_keep of its rows' top `candidates_per_row`, plus its largest row-minimum
+    of candidates (same length on every rank: one all-gather). If no rank's row-minimum reaches the
+    global cut, every entry at or above the cut is a candidate, and the cut is the global batch's exact
+    n_keep-th largest value; otherwise (or with a zero cut) the exact search over all entries. One flat
+    top-k over every entry costs far more than the per-row search once n_keep * 64 <= the rank's
+    entries (torch switches to a partial sort there: 512 -> 4096 at 2048 rows a rank).
+    """
+    n, width = h.shape
+    if candidates_per_row >= width:
+        return global_batch_topk_mask(h, n_keep).reshape(-1).nonzero().squeeze(1)
+    acts = h.relu()
+    cand_v, cand_i = torch.topk(acts, candidates_per_row, dim=-1, sorted=False)
+    offered = torch.topk(cand_v.reshape(-1), min(n_keep, cand_v.numel()), sorted=False).values
+    row_floor = cand_v.min(dim=-1).values.max().reshape(1)
+    gathered = all_cat(torch.cat([offered, row_floor]), same_length=True).view(world(), -1)
+    values, floors = gathered[:, :-1].reshape(-1), gathered[:, -1]
+    cut = torch.topk(values, min(n_keep, values.numel()), sorted=False).values.min()
+    if bool((floors >= cut).any()):  # the same on every rank (same gathered tensor): all fall back together
+        return global_batch_topk_mask(h, n_keep).reshape(-1).nonzero().squeeze(1)
+    keep = cand_v >= cut
+    rows = torch.arange(n, device=h.device).unsqueeze(1).expand_as(cand_i)
+    return (rows * width + cand_i)[keep]
+
+
 class BatchTopK(Activation):
     """Keep the k*B largest activations of the batch (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders").
 
@@ -112,7 +140,7 @@ class BatchTopK(Activation):
     def select(self, h: Tensor, k: int) -> Selection:
         n, width = h.shape
         if world() > 1:
-            return Selection.from_mask(global_batch_topk_mask(h, k * n * world()))
+            return Selection.from_flat(global_batch_topk_flat(h, k * n * world(), min(width, 4 * k)), n, width)
         flat = batch_topk_flat(h, k * n, min(width, 4 * k))
         return Selection.from_flat(flat, n, width)
 
