@@ -18,7 +18,7 @@ from evals.contract import EvalEnv, Prepared
 from evals.unlearning.config import UnlearningParams
 from evals.unlearning.corpus import feature_sparsity
 from evals.unlearning.data import HUB_FORGET
-from evals.unlearning.forward import mlp_weights_stored_transposed
+from evals.unlearning.forward import weights_stored_as_read
 from evals.unlearning.output import RETAIN_ACCURACY_BAR, build_output
 from evals.unlearning.prompts import answer_token_ids
 from evals.unlearning.setting import SettingAnswers, answer_setting, reach
@@ -85,7 +85,7 @@ def evaluate(
     done: dict[tuple[tuple[int, ...], int], SettingAnswers] = {}
     answers = []
     with env.reporter.bar(f"unlearning {env.label}", total=len(settings), unit="setting") as bar, \
-            mlp_weights_stored_transposed(model):  # fmt: skip
+            weights_stored_as_read(model):  # fmt: skip
         for s in settings:
             key = (tuple(s["features"]), s["multiplier"])
             if key not in done:  # n larger than the candidates repeats a setting; none selected changes nothing

@@ -16,22 +16,36 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 
+# How TransformerLens reads each weight on every call, as the permutation that must be contiguous for
+# its rearrange (or ``.T.contiguous()``) to be a view instead of a copy: MLP ``F.linear(x, W.T.contiguous())``;
+# attention Q/K/V ``rearrange(W, "h m d -> (h d) m")``; attention out ``rearrange(W_O, "h d m -> m (h d)")``.
+_READ_AS = {
+    "mlp": {"W_gate": (1, 0), "W_in": (1, 0), "W_out": (1, 0)},
+    "attn": {"W_Q": (0, 2, 1), "W_K": (0, 2, 1), "W_V": (0, 2, 1), "_W_K": (0, 2, 1), "_W_V": (0, 2, 1), "W_O": (2, 0, 1)},
+}
+
+
 @contextmanager
-def mlp_weights_stored_transposed(model: Any) -> Iterator[None]:
-    """TransformerLens' gated MLP runs ``F.linear(x, W.T.contiguous())``: a copy of each weight on every
-    call, which on CPU costs more than the matmul itself for the few dozen tokens of one piece. Storing
-    each MLP weight transposed in memory (same shape, same values, only the strides differ) makes that
-    ``.contiguous()`` free and the matmul identical. The usual layout is restored on exit."""
-    params = [
-        getattr(block.mlp, name) for block in model.blocks for name in ("W_gate", "W_in", "W_out")
-        if isinstance(getattr(block.mlp, name, None), torch.nn.Parameter) and getattr(block.mlp, name).dim() == 2
-    ]  # fmt: skip
-    for param in params:
-        param.data = param.data.T.contiguous().T
+def weights_stored_as_read(model: Any) -> Iterator[None]:
+    """TransformerLens lays out each MLP and attention weight on every call before its matmul (a
+    transpose or a head rearrange, then ``.contiguous()`` or a reshape): a copy of every weight per call,
+    which on CPU costs more than the matmul itself for the few dozen tokens of one piece. Storing each
+    weight already in the layout it is read in (same shape, same values, only the strides differ) makes
+    that step a view and the matmul identical. The usual layout is restored on exit."""
+    moved = []
+    for block in model.blocks:
+        for part, names in _READ_AS.items():
+            module = getattr(block, part, None)
+            for name, order in names.items():
+                param = module._parameters.get(name) if module is not None else None
+                if param is not None and param.dim() == len(order):  # a property (GQA's W_K) is not a parameter
+                    back = tuple(order.index(i) for i in range(len(order)))
+                    param.data = param.data.permute(order).contiguous().permute(back)
+                    moved.append(param)
     try:
         yield
     finally:
-        for param in params:
+        for param in moved:
             param.data = param.data.contiguous()
 
 

@@ -14,7 +14,7 @@ from evals.unlearning.corpus import corpus_tokens, store_corpus
 from evals.unlearning.data import MCQSet, load_data
 from evals.unlearning.forward import (
     Ran,
-    mlp_weights_stored_transposed,
+    weights_stored_as_read,
     new_cache,
     pad_rows,
     run_piece,
@@ -82,7 +82,7 @@ def prepare(env: EvalEnv, p: UnlearningParams, sink: TensorSink) -> dict[str, An
     data = load_data(p)
     model, tokenizer = env.model()
     sets = [data.forget, *data.retain]
-    with torch.no_grad(), mlp_weights_stored_transposed(model):
+    with torch.no_grad(), weights_stored_as_read(model):
         h, kept = keep_correct(env, model, tokenizer, sets, p, sink)
     counts = {s.name: {"questions": len(s.rows), "kept": len(kept[s.name])} for s in sets}
     if not kept[data.forget.name] or not any(kept[s.name] for s in data.retain):

@@ -47,7 +47,7 @@ from evals.unlearning.data import (
 )
 from evals.unlearning.evaluate import evaluate, metrics_rows
 from evals.unlearning.forward import (
-    mlp_weights_stored_transposed,
+    weights_stored_as_read,
     new_cache,
     pad_rows,
     run_piece,
@@ -232,8 +232,9 @@ def test_cached_pieces_equal_one_pass_over_each_full_sequence(model_tok, tiny_ru
         torch.testing.assert_close(scores, torch.tensor(want), atol=1e-4, rtol=0)
 
 
-def test_transposed_mlp_storage_changes_nothing_but_speed(model_tok) -> None:
-    """The layout trick gives bit-identical scores and puts the weights back as they were."""
+def test_weights_stored_as_read_change_nothing_but_speed(model_tok) -> None:
+    """The layout trick (MLP and attention weights stored as TransformerLens reads them) gives
+    bit-identical scores and puts the weights back as they were."""
     model, tok = model_tok
     q = build_prompt(tok, fx.RETAIN_MCQ["FIXTURE-geography"][0], "Geography.\n", "cloze", True)
 
@@ -241,11 +242,14 @@ def test_transposed_mlp_storage_changes_nothing_but_speed(model_tok) -> None:
         return score(model, new_cache(model), q, 0)
 
     before = scores()
-    with mlp_weights_stored_transposed(model):
+    with weights_stored_as_read(model):
         assert model.blocks[0].mlp.W_gate.T.is_contiguous()
+        assert model.blocks[0].attn.W_Q.permute(0, 2, 1).is_contiguous()
+        assert model.blocks[0].attn.W_O.permute(2, 0, 1).is_contiguous()
         during = scores()
     assert torch.equal(before, during)
     assert all(b.mlp.W_gate.is_contiguous() and b.mlp.W_out.is_contiguous() for b in model.blocks)
+    assert all(p.is_contiguous() for b in model.blocks for p in b.attn.parameters())
 
 
 def test_letter_scoring_matches_saebench_get_output_probs_abcd(model_tok, monkeypatch: pytest.MonkeyPatch) -> None:
