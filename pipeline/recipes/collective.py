@@ -7,8 +7,8 @@ every rank sees the statistic of the whole global batch and the run equals the o
 Without a process group (or with one process) each function returns its input: no cost, same bits.
 
 A statistic needed only after the step (a threshold's EMA, frequencies, firing counts, a logged FVU)
-is ``defer``red instead: ``settle`` at the end of the step reduces all of them together, one
-collective per op over one flat float64 buffer, because at small shapes the collectives' latency,
+is ``defer``red instead: ``settle`` at the end of the step reduces all of them together, in one
+collective over one flat float64 buffer, because at small shapes the collectives' latency,
 not their bytes, is what data parallelism costs.
 """
 
@@ -22,8 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 Op = Literal["sum", "min", "max"]
-_OPS: dict[Op, dist.ReduceOp] = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
-_PENDING: dict[Op, list[tuple[Tensor, Callable[[Tensor], None]]]] = {op: [] for op in _OPS}
+_PENDING: dict[Op, list[tuple[Tensor, Callable[[Tensor], None]]]] = {"sum": [], "min": [], "max": []}
 
 
 def world() -> int:
@@ -66,22 +65,40 @@ def defer(op: Op, t: Tensor, apply: Callable[[Tensor], None]) -> None:
 
 
 def settle(*sums: Tensor) -> tuple[Tensor, ...]:
-    """Run the deferred reductions: one all-reduce per op that has any, over a flat float64 buffer
-    (exact for counts below 2**53). ``sums`` join the sum buffer and come back reduced, in order."""
+    """Run the deferred reductions in one all-gather of one flat float64 buffer (every op's parts side
+    by side; exact for counts below 2**53), each rank then reducing the gathered rows in rank order:
+    one synchronisation instead of one per op. ``sums`` join the sum buffer and come back reduced, in order."""
     if world() == 1:
         return sums
     reduced_sums: list[Tensor] = []
     for t in sums:
         defer("sum", t, reduced_sums.append)
-    for op, pending in _PENDING.items():
-        if not pending:
-            continue
-        flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t, _ in pending])
-        dist.all_reduce(flat, op=_OPS[op])
-        for (t, apply), part in zip(pending, flat.split([t.numel() for t, _ in pending])):
-            apply(part.view(t.shape).to(t.dtype))
-        pending.clear()
+    pending = [(op, t, apply) for op, items in _PENDING.items() for t, apply in items]
+    if not pending:
+        return ()
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for _, t, _ in pending])
+    parts = [torch.empty_like(flat) for _ in range(world())]
+    dist.all_gather(parts, flat)
+    gathered = torch.stack(parts)
+    for (op, t, apply), part in zip(pending, gathered.split([t.numel() for _, t, _ in pending], dim=1)):
+        apply(_REDUCE[op](part).view(t.shape).to(t.dtype))
+    for items in _PENDING.values():
+        items.clear()
     return tuple(reduced_sums)
+
+
+def _sum_in_rank_order(rows: Tensor) -> Tensor:
+    total = rows[0].clone()
+    for row in rows[1:]:
+        total += row
+    return total
+
+
+_REDUCE: dict[Op, Callable[[Tensor], Tensor]] = {
+    "sum": _sum_in_rank_order,
+    "min": lambda rows: rows.min(0).values,
+    "max": lambda rows: rows.max(0).values,
+}
 
 
 def all_cat(t: Tensor, same_length: bool = False) -> Tensor:

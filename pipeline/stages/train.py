@@ -192,7 +192,7 @@ def train(ctx: StageContext, ranks: Ranks) -> dict[str, Any]:
             optimizer.step()
             trainable.after_optimizer_step()
             with torch.no_grad():
-                (fired,) = settle(out.fired)  # with the recipes' deferred statistics: one collective per op
+                (fired,) = settle(out.fired)  # with the recipes' deferred statistics: one collective
                 since_fired += batch
                 since_fired.masked_fill_(fired > 0, 0)
                 fired_count += fired
