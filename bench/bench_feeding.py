@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -102,7 +103,9 @@ def feeding(tmp: Path, repeats: int) -> dict[str, object]:
             "ratios": ratios, "ratio_median": statistics.median(ratios)}
 
 
-def ddp(tmp: Path, repeats: int, shape: Shape) -> dict[str, object]:
+def ddp_setup(tmp: Path, shape: Shape) -> tuple[Path, Any, Path, Path]:
+    """The DDP part's config file, its train stage, and a store root holding its committed activations
+    (at ``root / "activations"``: copy that folder into a fresh root for each run)."""
     spec = {"name": "b", "d_sae": shape.d_sae, "k": shape.k, "batch_size": shape.batch, "train_tokens": shape.shards * ROWS,
             "checkpoint_every": 1000, "lr": 1e-4}
     raw = {"name": "bench_ddp", "model": {"source": "smollm2_gguf", "name": "SmolLM2-135M-Instruct", "hook": "blocks.3.hook_resid_post"},
@@ -112,13 +115,20 @@ def ddp(tmp: Path, repeats: int, shape: Shape) -> dict[str, object]:
     config = tmp / "ddp.yaml"
     config.write_text(yaml.safe_dump(raw))
     acts, train = [next(s for s in build_plan(cfg) if s.kind == k) for k in ("activations", "train")]
+    store = ArtifactStore(tmp / "ddp-shards")
+    staging = store.staging_dir("activations", acts.key)
+    write_shards(staging, shape.shards, shape.d_in)
+    store.commit("activations", acts.key, staging, {"label": acts.label, "params": acts.params, "summary": {}})
+    return config, train, store.root, Path("activations")
+
+
+def ddp(tmp: Path, repeats: int, shape: Shape) -> dict[str, object]:
+    config, train, shards_root, acts = ddp_setup(tmp, shape)
     rates: dict[str, list[float]] = {"one_process": [], "one_process_1_thread": [], "two_ranks": []}
     for r in range(repeats):
         for mode, measured in rates.items():
             store = ArtifactStore(tmp / f"ddp-{mode}-{r}")
-            staging = store.staging_dir("activations", acts.key)
-            write_shards(staging, shape.shards, shape.d_in)
-            store.commit("activations", acts.key, staging, {"label": acts.label, "params": acts.params, "summary": {}})
+            shutil.copytree(shards_root / acts, store.root / acts, copy_function=os.link)
             launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pipeline.training.worker"] \
                 if mode == "two_ranks" else [sys.executable, "-m", "pipeline.cli", "run-stage"]
             env = {**os.environ, "OMP_NUM_THREADS": "2" if mode == "one_process" else "1"}
