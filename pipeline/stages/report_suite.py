@@ -45,8 +45,7 @@ def metric_at(board_entry: dict[str, Any]) -> str:
 
 def _beats(a: list[float], b: list[float], better: str) -> bool:
     """a separated from b by the seeds, on the better side."""
-    diff, _ = difference(a, b)
-    return not within_noise(a, b) and (diff > 0 if better == "higher" else diff < 0)
+    return not within_noise(a, b) and beats(difference(a, b)[0], 0.0, better)
 
 
 def summarise(agg: list[dict[str, Any]], run_level: dict[str, Any]) -> dict[str, Any]:
