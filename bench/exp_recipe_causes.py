@@ -100,7 +100,25 @@ GRIDS: dict[str, dict[str, Any]] = {
     "budget_small": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024],
                      "steps": {8000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3, "runs": {(8000, "ours")},
                      "eval_at": [1000, 2000, 4000]},
+    "aux_small": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024],
+                  "steps": {2000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3,
+                  "order": [(("ours", "ours+aux"), None)], "runs": {(2000, "ours"), (2000, "ours+aux")}},
+    "mat_small": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024],
+                  "steps": {2000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3,
+                  "extra": {"ours+levels5": {"matryoshka": {"levels": [64, 128, 256, 512, 1024]}},
+                            "ours+detach": {"matryoshka": {"detach_inner": True}},
+                            "ours+by_frequency": {"matryoshka": {"order_by_frequency": True}}},
+                  "order": [(("ours+levels5", "ours+detach", "ours+by_frequency"), None)],
+                  "runs": {(2000, "ours+levels5"), (2000, "ours+detach"), (2000, "ours+by_frequency")}},
+    "lr_small": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024],
+                 "steps": {2000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3, "extra": {"ours+lr3e-4": {"lr": 3e-4}},
+                 "order": [(("ours+lr3e-4",), None)], "runs": {(2000, "ours+lr3e-4")}},
+    "k_small": {"shape": "synth_small", "d_sae": 1024, "k": 11, "levels": [128, 512, 1024],
+                "steps": {8000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [1000, 2000, 4000],
+                "order": [(("ours",), None)], "runs": {(8000, "ours")}},
 }
+"""`k_small`: k at synth_small's true L0 (10.65) instead of 2.4x it. `extra`: settings beyond the switch grid, each ours with overrides: `matryoshka` (merged into the
+Matryoshka spec, for that arch only) or `lr`."""
 """k / true L0: 10 / 4.1 on tiny, 25 / 10.65 on synth_small (both about 2.4). Steps -> seeds. `eval_at`: a run
 is also scored at these steps, as its own row (lr and k are constant, so its state there is the shorter run's)."""
 PRIORITY = [(("ours", "sae_lens"), None), (("ours+decoder", "sae_lens-decoder"), None),
@@ -191,8 +209,8 @@ def run_grid(grid_name: str) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["setting"], r["arch"], r["seed"], r["steps"]) for r in map(json.loads, out_path.open())} if out_path.exists() else set()
     settings = switch_grid(d_in)
-    by_name = dict(settings)
-    plan = [(steps, seed, arch, name, by_name[name]) for names, only in (PRIORITY if grid_name == "switch" else BUDGET_ORDER)
+    by_name = dict(settings) | {name: {**ours_style(), **extra} for name, extra in g.get("extra", {}).items()}
+    plan = [(steps, seed, arch, name, by_name[name]) for names, only in (PRIORITY if grid_name == "switch" else g.get("order", BUDGET_ORDER))
             for steps, seeds in g["steps"].items() for seed in (seeds if only is None else only)
             for arch in ("batchtopk", "matryoshka") for name in names if grid_name == "switch" or (steps, name) in g.get("runs", BUDGET_RUNS)]
     only_steps, only_arch = os.environ.get("EXP_STEPS"), os.environ.get("EXP_ARCH")  # to split a grid over processes
@@ -203,8 +221,9 @@ def run_grid(grid_name: str) -> None:
             continue
         recipe = {"activation": "batchtopk", "decoder": s["decoder"], "b_dec_init": s["b_dec_init"], "aux_k": s["aux_k"]}
         if arch == "matryoshka":
-            recipe["matryoshka"] = {"levels": g["levels"]}
-        row = {"setting": name, "arch": arch, "seed": seed, "shape": g["shape"], "lr": g["lr"],
+            recipe["matryoshka"] = {"levels": g["levels"], **s.get("matryoshka", {})}  # a grid's Matryoshka switches
+        lr = s.get("lr", g["lr"])
+        row = {"setting": name, "arch": arch, "seed": seed, "shape": g["shape"], "lr": lr,
                "d_sae": g["d_sae"], "k": g["k"], "recipe": recipe, "dead_after": s["dead_after"]}
 
         def record(coder: SparseCoder, info: dict[str, Any], at: int, row: dict[str, Any] = row) -> None:
@@ -225,7 +244,7 @@ def run_grid(grid_name: str) -> None:
                 c.fold_decoder_norm()
                 record(c, {"train_s": elapsed, "snapshot_of": steps}, at)
 
-        coder, info = train(RecipeSpec.model_validate(recipe), x, g["d_sae"], g["k"], seed, steps, g["lr"], s["dead_after"],
+        coder, info = train(RecipeSpec.model_validate(recipe), x, g["d_sae"], g["k"], seed, steps, lr, s["dead_after"],
                             on_step=snapshot)
         record(coder, info, steps)
 
