@@ -36,6 +36,19 @@ if TYPE_CHECKING:  # torch and the chunked files are imported when used: the reg
 
 
 @dataclass(frozen=True)
+class PrepSize:
+    """What a prep's size depends on besides its own settings, known at plan time (no model loaded)."""
+
+    d_model: int
+    d_vocab: int | None
+    """None when the model is not in ``pipeline.config.facts``: an estimate that needs it is unknown."""
+    float_bytes: int
+    """Bytes per element of the model's dtype (the activations a prep caches are in it)."""
+    context_size: int | None
+    """The run's context size, for preps that read the run's own corpus (``prep_reads_corpus``)."""
+
+
+@dataclass(frozen=True)
 class EvalDef:
     """One eval, as the plan, the stages and the report see it. Declared in the eval's ``__init__``."""
 
@@ -71,10 +84,10 @@ class EvalDef:
     """Settings -> one scored variant per entry: label suffix ('' or '+loo') -> that variant's settings.
     None: one stage per SAE with the settings as they are."""
     report_prep: str | None = None
-    prep_bytes: Callable[[dict[str, Any], int], int] | None = None
-    """(one prep unit's settings, the model's d_model) -> bytes that prep writes, for the disk preflight.
-    None: unknown (``pipeline plan`` shows '?')."""
     """The prep's ``meta`` is a run-level result the report shows under this name (synthetic's probe ceiling)."""
+    prep_bytes: Callable[[dict[str, Any], PrepSize], int] | None = None
+    """(one prep unit's settings, the model's sizes) -> bytes that prep writes, for the disk preflight.
+    None: unknown (``pipeline plan`` shows '?')."""
 
     def prep_units(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Prep stages this eval reads: unit name -> the params that key that stage."""

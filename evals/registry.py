@@ -32,3 +32,7 @@ EVALS: dict[str, EvalDef] = {
     )
 }
 
+
+def prep_family(prep: str) -> EvalDef:
+    """An eval of a prep family (SCR and TPP share one prepare and one settings class)."""
+    return next(d for d in EVALS.values() if d.prep == prep)

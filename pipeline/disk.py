@@ -12,7 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.config.facts import known_d_model
+from evals.contract import EvalDef, PrepSize
+from evals.registry import prep_family
+from pipeline.config.facts import known_d_model, known_d_vocab
 from pipeline.dag import Stage
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -66,6 +68,34 @@ def synthetic_model(stage: Stage) -> int:
     """Feature directions (fp32) and the correlation factors, a few copies' worth at most."""
     num_features, hidden_dim = synthetic_dims(stage.params["synthetic"])
     return 4 * num_features * (hidden_dim + 64) + 2**20
+
+
+PREP_OVERHEAD = 2**18
+"""Bytes of an eval prep beyond its tensors' own: its meta JSON and the chunk files' headers and index
+(measured: 35 kB for a 4.7 MB prep cut into 64 kB chunks, the tests' smallest)."""
+
+
+def eval_prep(stage: Stage) -> int | None:
+    """An ``eval_prep`` stage's bytes, from its eval family's declaration."""
+    width = activation_width(stage)
+    if width is None:
+        return None
+    context_size = stage.params.get("data", {}).get("context_size")
+    return prep_bytes(prep_family(stage.params["eval"]), stage.params["params"], stage.params.get("model"), width, context_size)
+
+
+def prep_bytes(d: EvalDef, settings: dict[str, Any], model: dict[str, Any] | None, d_model: int, context_size: int | None) -> int | None:
+    """What an eval declares its prep writes (``EvalDef.prep_bytes``) at a model's sizes (``model`` is None
+    for a synthetic run's preps), plus ``PREP_OVERHEAD``; None when the eval declares nothing."""
+    if d.prep_bytes is None:
+        return None
+    size = PrepSize(
+        d_model=d_model,
+        d_vocab=known_d_vocab(model["source"], model["name"]) if model else None,
+        float_bytes=DTYPE_BYTES[model["dtype"]] if model else 4,
+        context_size=context_size,
+    )
+    return d.prep_bytes(settings, size) + PREP_OVERHEAD
 
 
 def small(stage: Stage) -> int:

@@ -1,13 +1,14 @@
 """What a stage kind is: its name, code version, run function, resume rules, and what the report shows.
 
-Each kind is declared once, beside its code, as a ``StageKind``; ``pipeline.stages.registry`` collects
-them in one visible block. The plan (keys), the executors (run, resume, partial inputs) and the report
+Each kind is declared once, as a ``StageKind`` in ``pipeline.stages.registry``'s one visible block,
+naming the function that runs it. The plan (keys), the executors (run, resume, partial inputs) and the report
 (titles, metrics and which way is better) ask that registry and nothing else.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,8 +50,9 @@ class StageKind:
     name: str
     version: int
     """Bump when the code changes what the kind produces: its artifacts (and everything downstream) are redone."""
-    run: Callable[[Any], dict[str, Any]]
-    """StageContext -> summary (JSON-able, stored in the manifest)."""
+    runner: str
+    """``module:function`` taking a StageContext and returning the summary (JSON-able, stored in the
+    manifest). Imported only when a stage runs, so planning and submitting load no torch."""
     resumes: bool = False
     """Partial work in ``.work/<key>`` (shards so far, checkpoints) is continued after a crash."""
     partial_inputs: bool = False
@@ -60,3 +62,7 @@ class StageKind:
     """Stage -> the bytes its artifact and scratch hold at their peak (``pipeline.disk``); None: unknown."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Kind-specific facts for the code that plans it (an eval's definition, for instance)."""
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        module, function = self.runner.split(":")
+        return getattr(importlib.import_module(module), function)(ctx)

@@ -63,6 +63,19 @@ def run_cli(*args: str, artifacts: Path, check: bool = True, **kw: Any) -> subpr
     return proc
 
 
+def planned_prep_bytes(eval_def: Any, params: Any, model: Any, context_size: int | None) -> int:
+    """What `pipeline plan` says a prep of ``eval_def`` with these settings writes, for this model spec."""
+    from pipeline.config.facts import known_d_model
+    from pipeline.disk import prep_bytes
+
+    d_model = known_d_model(model.source, model.name)
+    return prep_bytes(eval_def, params.model_dump(mode="json"), model.model_dump(), d_model, context_size)
+
+
+def written_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
 @pytest.fixture(scope="session")
 def shared_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One artifact root for tests that may share cached stages (content keys keep them apart)."""

@@ -15,8 +15,7 @@ from pipeline.executors.local import run_local
 from pipeline.loading import parse_config
 from pipeline.plan import build_plan
 from pipeline.progress import Reporter
-from pipeline.stages import eval_stages
-from pipeline.stages.registry import KINDS
+from pipeline.stages.registry import KINDS, eval_kind
 from tests.conftest import tiny_config
 
 L0_ONLY = {
@@ -78,7 +77,7 @@ def test_new_eval_appears_in_plan_and_report(tiny_run, tmp_path: Path, monkeypat
     monkeypatch.syspath_prepend(str(tmp_path))
     definition = importlib.import_module("l0_only").EVAL
     monkeypatch.setitem(EVALS, definition.name, definition)  # the one registry line
-    monkeypatch.setitem(KINDS, f"eval_{definition.name}", eval_stages.kind(definition))
+    monkeypatch.setitem(KINDS, f"eval_{definition.name}", eval_kind(definition))
 
     raw = tiny_config(name="tiny_l0", evals={"core": {"enabled": False}, "l0_only": {"enabled": True, "n_vectors": 8}})
     cfg = parse_config(raw)

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pipeline import disk
+from pipeline.cli import planned_bytes
+from pipeline.loading import load_config
+from pipeline.plan import build_plan
 from pipeline.stages.registry import kind_of
 from tests.conftest import run_cli, tiny_config, write_config
 
@@ -28,6 +33,13 @@ def test_plan_shows_bytes_per_stage_and_free_space(tmp_path: Path) -> None:
     assert "writes" in out and "still to write" in out and "free on the artifact filesystem" in out
     # 6,000 tokens x (576 x 4 + 16) bytes x 1.01 = 14.1 MB
     assert "14.1 MB" in out
+
+
+@pytest.mark.parametrize("name", ["default", "gemma2b_l12", "synth_small", "synth_suite", "synth16k"])
+def test_every_stage_of_a_shipped_config_has_a_size(name: str) -> None:
+    """`pipeline plan` offline sizes every stage (no '?'), the real Gemma job's evals included."""
+    unknown = [s.label for s in build_plan(load_config(name)[0]) if planned_bytes(s) is None]
+    assert not unknown
 
 
 def test_estimates_bound_what_the_stages_write(tiny_run) -> None:

@@ -95,11 +95,12 @@ def test_cycle_finder_finds_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-HEAVY_AT_RUN_ONLY = ("sae_lens", "sae_bench", "transformer_lens", "sklearn", "pandas")
-"""Libraries a stage loads when it runs; `pipeline plan`, the SLURM submitter and every torchrun rank's
-start-up never need them (they take seconds to import, and the GPU machine may not have them). sae_bench
-and pandas come in through the evals' schemas and the SCR/TPP fixture, so those import them where they
-build outputs or data."""
+HEAVY_AT_RUN_ONLY = ("torch", "sae_lens", "sae_bench", "transformer_lens", "sklearn", "pandas")
+"""Libraries a stage loads when it runs; `pipeline plan` and the SLURM submitter never need them (they
+take seconds to import), and every torchrun rank's start-up needs only torch (the GPU machine may not
+have the rest). Stage kinds name their run functions as strings (`pipeline.stages.registry`), so no
+stage module is imported to plan. sae_bench and pandas come in through the evals' schemas and the
+SCR/TPP fixture, so those import them where they build outputs or data."""
 
 
 def test_plan_loads_no_heavy_library(tmp_path: Path) -> None:

@@ -15,6 +15,11 @@ PREP_FIELDS = ("model", "total_tokens", "llm_context_size", "llm_batch_size")
 """What ``prepare`` reads (the model's activations on the held-out text); every other field is per-SAE."""
 
 
+def held_out_contexts(total_tokens: int, llm_context_size: int) -> int:
+    """Contexts ``prepare`` reads: ``total_tokens`` in whole contexts, at least one."""
+    return max(1, total_tokens // llm_context_size)
+
+
 class AutointerpConfig(EvalConfig):
     """SAEBench's autointerp (explain from top contexts, score by detection) plus delphi-style scorers and tiers."""
 

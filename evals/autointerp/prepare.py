@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from evals.autointerp.config import AutointerpConfig
+from evals.autointerp.config import AutointerpConfig, held_out_contexts
 from evals.contract import EvalEnv, TensorSink
 from pipeline.data.contexts import token_contexts
 from pipeline.data.corpora import documents
@@ -31,7 +31,7 @@ def prepare(env: EvalEnv, p: AutointerpConfig, sink: TensorSink) -> dict[str, An
     data, spec = env.data, env.model_spec
     model, tokenizer = env.model()
     stream = token_contexts(documents(data, heldout=True), tokenizer, p.llm_context_size, data.prepend_bos)
-    wanted = max(1, p.total_tokens // p.llm_context_size)
+    wanted = held_out_contexts(p.total_tokens, p.llm_context_size)
     found, seen = 0, set()
     with env.reporter.bar(f"autointerp prep {spec.hook}", total=wanted, unit="ctx") as bar:
         while batch := list(itertools.islice(stream, min(p.llm_batch_size, wanted - found))):

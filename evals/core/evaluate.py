@@ -34,7 +34,7 @@ from evals.core.prepare import ACTS, TOKENS
 from evals.core.replay import CachedBatches
 
 
-def eval_config(env: EvalEnv, p: CoreConfig, dataset: str) -> CoreEvalConfig:
+def eval_config(env: EvalEnv, p: CoreConfig, dataset: str, context_size: int) -> CoreEvalConfig:
     return CoreEvalConfig(
         model_name=env.model_spec.name,
         llm_dtype=env.model_spec.dtype,
@@ -42,7 +42,7 @@ def eval_config(env: EvalEnv, p: CoreConfig, dataset: str) -> CoreEvalConfig:
         n_eval_reconstruction_batches=p.n_reconstruction_batches,
         n_eval_sparsity_variance_batches=p.n_sparsity_batches,
         dataset=dataset,
-        context_size=env.data.context_size,
+        context_size=context_size,
         compute_kl=True,
         compute_ce_loss=True,
         compute_l2_norms=True,
@@ -87,9 +87,9 @@ def summary(output: OUTPUT) -> dict[str, Any]:
 def evaluate(prepared: Prepared, sae: Any, env: EvalEnv, p: CoreConfig) -> tuple[OUTPUT, dict[str, Any]]:
     model, _ = env.model()
     hook, device = env.model_spec.hook, env.model_spec.device
-    eval_cfg = eval_config(env, p, prepared.meta["dataset"])
+    eval_cfg = eval_config(env, p, prepared.meta["dataset"], prepared.meta["context_size"])
     b = p.batch_size_prompts
-    cached = CachedBatches(prepared.batches(TOKENS, b), prepared.batches(ACTS, b), hook, b, env.data.context_size, device)
+    cached = CachedBatches(prepared.batches(TOKENS, b), prepared.batches(ACTS, b), hook, b, eval_cfg.context_size, device)
     without_model = dataclasses.replace(eval_cfg, compute_kl=False, compute_ce_loss=False)
     with env.reporter.bar(f"core eval {env.label}", total=2, unit="part") as bar, torch.no_grad():
         metrics, feature_metrics = run_evals(sae, cached, cached, without_model, ignore_tokens=set(prepared.meta["ignore_tokens"]))

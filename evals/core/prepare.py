@@ -42,7 +42,7 @@ CLEAN_LOGITS = "clean_logits"
 def heldout_tokens(env: EvalEnv, p: CoreConfig, tokenizer: Any) -> Tensor:
     """The first ``p.n_contexts`` contexts of the run's held-out documents (never trained on)."""
     data = env.data
-    stream = token_contexts(documents(data, heldout=True), tokenizer, data.context_size, data.prepend_bos)
+    stream = token_contexts(documents(data, heldout=True), tokenizer, p.tokens_per_context(data.context_size), data.prepend_bos)
     rows = list(itertools.islice(stream, p.n_contexts))
     if len(rows) < p.n_contexts:
         raise RuntimeError(
@@ -55,11 +55,6 @@ def heldout_tokens(env: EvalEnv, p: CoreConfig, tokenizer: Any) -> Tensor:
 def ignored_tokens(tokenizer: Any) -> list[int]:
     """BOS/EOS/pad ids: left out of every metric, as sae-bench's runner does."""
     return sorted({t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) if t is not None})
-
-
-def stores_clean_logits(model: Any, p: CoreConfig, context_size: int) -> bool:
-    size = p.n_reconstruction_contexts * context_size * model.cfg.d_vocab * model.cfg.dtype.itemsize
-    return size <= p.clean_logits_max_mib * 2**20
 
 
 def model_passes(model: Any, batch: Tensor, tail: Tail, hook: str, mask: Tensor, sink: TensorSink, keep_logits: bool) -> Tensor:
@@ -93,7 +88,7 @@ def prepare(env: EvalEnv, p: CoreConfig, sink: TensorSink) -> dict[str, Any]:
     tail = Tail.of(hook, model.cfg.n_layers)
     tokens = heldout_tokens(env, p, tokenizer)
     ignore = ignored_tokens(tokenizer)
-    keep_logits = stores_clean_logits(model, p, tokens.shape[1])
+    keep_logits = p.clean_logits_bytes(tokens.shape[1], model.cfg.d_vocab, model.cfg.dtype.itemsize) is not None
     sink.append(TOKENS, tokens)
     batches = max(p.n_reconstruction_batches, p.n_sparsity_batches)
     with env.reporter.bar("core prep", total=batches, unit="batch") as bar, torch.no_grad():
@@ -107,6 +102,7 @@ def prepare(env: EvalEnv, p: CoreConfig, sink: TensorSink) -> dict[str, Any]:
             bar.advance(1)
     return {
         "contexts": len(tokens),
+        "context_size": tokens.shape[1],
         "dataset": f"{env.data.source}:{env.data.name} (held-out: one document in {env.data.holdout_every}, by text hash)",
         "ignore_tokens": ignore,
         "clean_logits": "stored" if keep_logits else "recomputed per SAE from the cached residual",

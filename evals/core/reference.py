@@ -24,12 +24,12 @@ def saebench_core(prepared: Prepared, sae: Any, env: EvalEnv, p: CoreConfig) -> 
         model,
         sae,
         dataset=datasets.Dataset.from_dict({"tokens": prepared.tensor(TOKENS).tolist()}),
-        context_size=env.data.context_size,
+        context_size=prepared.meta["context_size"],
         streaming=False,
         store_batch_size_prompts=p.batch_size_prompts,
         device=env.model_spec.device,
     )
-    eval_cfg = eval_config(env, p, prepared.meta["dataset"])
+    eval_cfg = eval_config(env, p, prepared.meta["dataset"], prepared.meta["context_size"])
     with torch.no_grad():
         metrics, feature_metrics = run_evals(sae, store, model, eval_cfg, ignore_tokens=set(prepared.meta["ignore_tokens"]))
     return saebench_output(eval_cfg, metrics, feature_metrics, sae, env)

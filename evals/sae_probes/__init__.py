@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from evals.contract import EvalDef
+from evals.contract import EvalDef, PrepSize
 from evals.sae_probes.config import SaeProbesConfig
 from evals.sae_probes.output import REPORTED
 
@@ -10,10 +10,10 @@ LARGEST_DATASET = 5_000
 """Prompts in the biggest sae-probes dataset (e.g. 56_wikidatasex_or_gender): the bound when sizes are unset."""
 
 
-def prep_bytes(params: dict[str, Any], d_model: int) -> int:
+def prep_bytes(params: dict[str, Any], size: PrepSize) -> int:
     """Last-token fp32 activations (and labels) of every train and test prompt of the unit's dataset."""
     n = (params["num_train"] or LARGEST_DATASET) + (params["num_test"] or LARGEST_DATASET)
-    return min(n, LARGEST_DATASET) * (d_model * 4 + 8)
+    return min(n, LARGEST_DATASET) * (size.d_model * 4 + 8)
 
 
 EVAL = EvalDef(

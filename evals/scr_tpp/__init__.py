@@ -3,16 +3,15 @@ prep, one settings class, two per-SAE evals. What they measure and where they di
 
 from typing import Any
 
-from evals.contract import EvalDef
+from evals.contract import EvalDef, PrepSize
 from evals.scr_tpp import output
 from evals.scr_tpp.config import SAE_ONLY, ScrTppParams
 
 
-
-def prep_bytes(params: dict[str, Any], d_model: int) -> int:
+def prep_bytes(params: dict[str, Any], size: PrepSize) -> int:
     """Per-token fp32 activations of every train and test prompt of every dataset (plus pooled rows)."""
     prompts = len(params["dataset_names"]) * (params["train_set_size"] + params["test_set_size"])
-    return prompts * (params["context_length"] + 1) * d_model * 4
+    return prompts * (params["context_length"] + 1) * size.d_model * 4
 
 
 SCR = EvalDef(

@@ -2,14 +2,14 @@
 
 from typing import Any
 
-from evals.contract import EvalDef
+from evals.contract import EvalDef, PrepSize
 from evals.sparse_probing.config import SparseProbingConfig
 from evals.sparse_probing.output import REPORTED
 
 
-def prep_bytes(params: dict[str, Any], d_model: int) -> int:
+def prep_bytes(params: dict[str, Any], size: PrepSize) -> int:
     """Per-token fp32 activations of every train and test prompt of the unit's dataset."""
-    return (params["n_train"] + params["n_test"]) * params["context_size"] * d_model * 4
+    return (params["n_train"] + params["n_test"]) * params["context_size"] * size.d_model * 4
 
 
 EVAL = EvalDef(

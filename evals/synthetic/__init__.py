@@ -1,8 +1,16 @@
 """Synthetic ground truth (SynthSAEBench metrics) with the supervised probe ceiling as its prep (README.md)."""
 
-from evals.contract import EvalDef
+from typing import Any
+
+from evals.contract import EvalDef, PrepSize
 from evals.synthetic.config import SyntheticConfig, variants
 from evals.synthetic.output import PROBE_BASELINE, REPORTED
+
+
+def prep_bytes(params: dict[str, Any], size: PrepSize) -> int:
+    """No tensors: the probe ceiling is the prep's JSON meta (``pipeline.disk.PREP_OVERHEAD`` covers it)."""
+    return 0
+
 
 EVAL = EvalDef(
     "synthetic",
@@ -16,5 +24,6 @@ EVAL = EvalDef(
     sae_format="folder",
     variants=variants,
     report_prep=PROBE_BASELINE,
+    prep_bytes=prep_bytes,
     prep_version=3,  # 2: the probe runs to convergence on a per-model sample count (rates.py); 3: and again on twice the samples
 )

@@ -2,15 +2,14 @@
 
 from typing import Any
 
-from evals.contract import EvalDef
+from evals.contract import EvalDef, PrepSize
 from evals.unlearning import output
 from evals.unlearning.config import SAE_ONLY, UnlearningParams
 
 
-
-def prep_bytes(params: dict[str, Any], d_model: int) -> int:
+def prep_bytes(params: dict[str, Any], size: PrepSize) -> int:
     """Per-token fp32 hook activations of the forget and the retain corpus (the questions' are far fewer)."""
-    return 2 * params["dataset_size"] * params["seq_len"] * d_model * 4
+    return 2 * params["dataset_size"] * params["seq_len"] * size.d_model * 4
 
 
 EVAL = EvalDef(

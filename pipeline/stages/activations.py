@@ -18,8 +18,6 @@ from pipeline.data.contexts import token_contexts
 from pipeline.data.corpora import documents
 from pipeline.data.shard_progress import finished_shards, publish_shards, record_finished
 from pipeline.data.shards import write_shard
-from pipeline import disk
-from pipeline.kinds import StageKind
 from pipeline.models.cache import get_model
 from pipeline.stages.context import StageContext
 
@@ -95,6 +93,3 @@ def run(ctx: StageContext) -> dict[str, Any]:
         rows_per_context=rows_per_context,
     )
     return {"tokens": index.total_rows, "shards": len(done), "d_in": d_in}
-
-
-KIND = StageKind("activations", 2, run, resumes=True, planned_bytes=disk.activation_shards)

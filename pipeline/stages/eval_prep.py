@@ -12,14 +12,12 @@ import json
 import time
 from typing import Any
 
-from evals.contract import EvalDef, EvalEnv, Prepared, TensorSink
-from evals.registry import EVALS
-from pipeline import disk
+from evals.contract import EvalEnv, Prepared, TensorSink
+from evals.registry import prep_family
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import ModelSpec
 from pipeline.dag import Stage
 from pipeline.fsutil import atomic_write_json
-from pipeline.kinds import StageKind
 from pipeline.stages.context import StageContext
 from pipeline.synthetic.stages import load_synthetic_model, spec_of
 
@@ -53,13 +51,8 @@ def env_for(ctx: StageContext, label: str = "") -> EvalEnv:
     )
 
 
-def family(name: str) -> EvalDef:
-    """An eval of a prep family (they share one prepare, and one settings class)."""
-    return next(d for d in EVALS.values() if d.prep == name)
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
-    d = family(ctx.stage.params["eval"])
+    d = prep_family(ctx.stage.params["eval"])
     params = d.config.model_validate(ctx.stage.params["params"])
     started = time.perf_counter()
     sink = TensorSink(ctx.out / TENSORS, ctx.cfg.evals.max_chunk_mib * 2**20)
@@ -74,15 +67,3 @@ def open_prepared(store: ArtifactStore, stage: Stage) -> Prepared:
     meta = json.loads(store.verified_file(stage.kind, stage.key, META).read_text())
     root = store.path(stage.kind, stage.key) / TENSORS
     return Prepared(root, meta, lambda rel: store.verified_file(stage.kind, stage.key, f"{TENSORS}/{rel}"))
-
-
-def planned_bytes(stage: Stage) -> int | None:
-    """What the eval declares its prep writes (``EvalDef.prep_bytes``), at this stage's model width."""
-    d = family(stage.params["eval"])
-    width = disk.activation_width(stage)
-    if d.prep_bytes is None or width is None:
-        return None
-    return d.prep_bytes(stage.params["params"], width)
-
-
-KIND = StageKind("eval_prep", 1, run, planned_bytes=planned_bytes)

@@ -2,7 +2,7 @@
 
 ``eval_<name>`` reads the eval's prep artifacts and the SAE, calls the eval's ``evaluate``, writes its
 result file. One run serves every eval (``evals/contract.py``); each is its own stage, so one failing
-eval leaves the others' results and is retried alone. ``kinds()`` generates one kind per registered eval.
+eval leaves the others' results and is retried alone. The registry declares one kind per registered eval.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from typing import Any
 
 from evals.contract import EvalDef, EvalEnv
 from evals.registry import EVALS
-from pipeline import disk
-from pipeline.kinds import StageKind
-from pipeline.stages import eval_prep
 from pipeline.stages.context import StageContext
 from pipeline.stages.eval_prep import env_for, open_prepared
 
@@ -66,13 +63,3 @@ def run(ctx: StageContext) -> dict[str, Any]:
     output, summary = evaluate(prepared if d.split_by else prepared["all"], sae, env, params)
     output.to_json_file(str(ctx.out / d.reported.result_file), indent=2)
     return {**summary, "seconds": round(time.perf_counter() - started, 2)}
-
-
-def kind(d: EvalDef) -> StageKind:
-    """The per-SAE stage kind of one eval."""
-    return StageKind(f"eval_{d.name}", d.version, run, reported=d.reported, planned_bytes=disk.small, extra={"eval": d})
-
-
-def kinds() -> list[StageKind]:
-    """The eval kinds in report order: the shared prep, then one per registered eval."""
-    return [eval_prep.KIND, *(kind(d) for d in EVALS.values())]

@@ -14,9 +14,7 @@ import json
 import statistics
 from typing import Any
 
-from pipeline import disk
 from pipeline.fsutil import atomic_write_json
-from pipeline.kinds import StageKind
 from pipeline.stages import report_curves, report_examples, report_html, report_suite
 from pipeline.stages.context import StageContext
 from pipeline.stages.report_curves import reduce_log
@@ -307,6 +305,3 @@ def run(ctx: StageContext) -> dict[str, Any]:
     run_level.pop("tier_examples", None)  # kept in autointerp.json
     atomic_write_json(ctx.out / "summary.json", {"run": run_name, "saes": rows, "by_spec": agg, **run_level})
     return {"saes": len(rows), "missing_inputs": run_level["missing_inputs"]}
-
-
-KIND = StageKind("report", 3, run, partial_inputs=True, planned_bytes=disk.small)  # 3: curves, baselines, examples

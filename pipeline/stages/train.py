@@ -28,10 +28,8 @@ from typing import Any
 
 import torch
 
-from pipeline import disk
 from pipeline.config.recipe import RecipeSpec
 from pipeline.data.shards import SHARD_DIR, ShardIndex
-from pipeline.kinds import StageKind
 from pipeline.progress import Reporter
 from pipeline.recipes.collective import settle
 from pipeline.stages.context import StageContext
@@ -227,6 +225,3 @@ def train(ctx: StageContext, ranks: Ranks) -> dict[str, Any]:
         "data_parallel_ranks": world,
         "seconds_this_attempt": round(seconds, 2),
     }
-
-
-KIND = StageKind("train", 2, run, resumes=True, planned_bytes=disk.sae_training)

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import disk
 from pipeline.config.synthetic import SyntheticSpec
 from pipeline.dag import Stage
 from pipeline.data.shard_progress import (
@@ -34,7 +33,6 @@ from pipeline.data.shard_progress import (
     record_finished,
 )
 from pipeline.data.shards import write_shard
-from pipeline.kinds import StageKind
 from pipeline.stages.context import StageContext
 from pipeline.synthetic.model import (
     MODEL_DIR,
@@ -54,7 +52,7 @@ SUMMARY_SAMPLES = 8192
 def spec_of(stage: Stage) -> SyntheticSpec:
     """The spec of the shape a stage belongs to: its own params (`synthetic_model`), else its model input's.
     Read from the plan, not the run's config, so each shape of a suite gets its own."""
-    model_stage = stage if stage.kind == MODEL_KIND.name else stage.inputs["synthetic_model"]
+    model_stage = stage if stage.kind == "synthetic_model" else stage.inputs["synthetic_model"]
     return SyntheticSpec.model_validate(model_stage.params["synthetic"])
 
 
@@ -127,7 +125,3 @@ def run_activations(ctx: StageContext) -> dict[str, Any]:
 def load_synthetic_model(ctx: StageContext, name: str = "synthetic_model") -> Any:
     """The SyntheticModel of an input artifact (for the evals), on the device its samples are drawn on."""
     return load_model(ctx.input_dir(name), sampling_device(spec_of(ctx.stage), ctx.cfg.device))
-
-
-MODEL_KIND = StageKind("synthetic_model", 1, run_model, planned_bytes=disk.synthetic_model)
-ACTIVATIONS_KIND = StageKind("synthetic_activations", 2, run_activations, resumes=True, planned_bytes=disk.activation_shards)

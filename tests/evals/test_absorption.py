@@ -24,6 +24,7 @@ from sae_bench.evals.absorption.prompting import first_letter_formatter
 from sae_bench.evals.absorption.vocab import LETTERS
 from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig
 
+from evals.absorption import EVAL as ABSORPTION
 from evals.absorption.activations import activations_at, tokenize_prompts
 from evals.absorption.calculator import absorption_scores
 from evals.absorption.config import AbsorptionParams
@@ -35,6 +36,7 @@ from evals.absorption.prompts import alpha_vocab, icl_prompts, letter_of, seeded
 from evals.contract import EvalEnv, Prepared, prepare_in_memory
 from pipeline.models.cache import get_model
 from pipeline.progress import Reporter
+from tests.conftest import planned_prep_bytes, written_bytes
 
 QUIET = Reporter(enabled=False)
 PARAMS = AbsorptionParams(words_per_letter=16, min_feats_for_eval=2, min_GT_probe_f1=0.4)
@@ -178,6 +180,12 @@ def test_prepare_writes_aligned_tensors_and_a_probe_that_beats_chance(prepared: 
     assert sum(aucs) / 26 > 0.85, aucs
     assert "SUBSAMPLE of 16 words per letter" in meta["data_source"]
     json.dumps(meta)
+
+
+def test_plan_size_bounds_what_prep_writes(tiny_run, prepared: Prepared) -> None:
+    """The disk preflight's size of this prep (an upper bound: twice the words) against the bytes it wrote."""
+    real, est = written_bytes(prepared.root), planned_prep_bytes(ABSORPTION, PARAMS, tiny_run[0].model, None)
+    assert real <= est <= 2 * real, (real, est)
 
 
 def test_truncated_batched_activations_equal_a_full_forward(tiny_run) -> None:

@@ -43,6 +43,7 @@ from evals.autointerp.contexts import (
 from evals.autointerp.judge_cache import JudgeCache
 from evals.autointerp.judge_client import Judge, JudgeError
 from evals.contract import Prepared, TensorSink
+from tests.conftest import planned_prep_bytes, written_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"n_latents": 4, "buffer": 3, "llm_context_size": 16, "n_top_ex_for_generation": 3,
@@ -351,6 +352,15 @@ def test_prepare_caches_held_out_contexts_and_activations(tiny_prepared: Prepare
     assert not mask[:, 0].any() and mask.float().mean() > 0.8  # BOS first, masked like sae-bench
     assert set(meta["str_tokens"]) == {str(t) for t in tokens.unique().tolist()}
     assert len(list((tiny_prepared.root / "acts").glob("part-*"))) > 1  # chunked, not one file
+
+
+def test_plan_size_bounds_what_prep_writes(tiny_run, tiny_prepared: Prepared) -> None:
+    """The disk preflight's size of this prep against the bytes it wrote."""
+    from evals.autointerp import EVAL
+
+    real = written_bytes(tiny_prepared.root)
+    est = planned_prep_bytes(EVAL, AutointerpConfig(**E2E), tiny_run[0].model, None)
+    assert real <= est <= 1.2 * real, (real, est)
 
 
 def test_end_to_end_over_http_then_a_rerun_sends_zero_requests(tiny_run, tiny_prepared, tiny_sae_path, judge_server,

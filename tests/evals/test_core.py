@@ -17,6 +17,7 @@ import pytest
 from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
 
 from evals.contract import EvalEnv, prepare_in_memory
+from evals.core import EVAL as CORE
 from evals.core import prepare as core_prep
 from evals.core.evaluate import evaluate
 from evals.core.measures import special_mask
@@ -37,6 +38,7 @@ from pipeline.data.corpora import documents
 from pipeline.models.cache import get_model
 from pipeline.progress import Reporter
 from pipeline.recipes.as_trained import load_as_trained
+from tests.conftest import planned_prep_bytes, written_bytes
 
 RTOL = 1e-5
 QUIET = Reporter(enabled=False)
@@ -60,14 +62,14 @@ def results(output: Any) -> dict[str, float]:
     return leaves({"metrics": raw["eval_result_metrics"], "details": raw["eval_result_details"]})
 
 
-def core_setup(tiny_run, hook: str, clean_logits_max_mib: int, folder: Path) -> tuple:
+def core_setup(tiny_run, hook: str, clean_logits_max_mib: int, folder: Path, **settings: Any) -> tuple:
     cfg, store, train = tiny_run
     spec = cfg.model.model_copy(update={"hook": hook})
     sae = load_as_trained(store.path("train", train.key) / "sae", spec.device)
     sae.cfg.metadata.hook_name = hook  # the same SAE read at another hook: both sides splice it there
     sae = load_and_format_sae(cfg.name, sae, spec.device)[1]
     env = EvalEnv(spec, cfg.data.prepend_bos, QUIET, "btk-s0", cfg.name, data=cfg.data)
-    p = cfg.evals.core.model_copy(update={"clean_logits_max_mib": clean_logits_max_mib})
+    p = cfg.evals.core.model_copy(update={"clean_logits_max_mib": clean_logits_max_mib, **settings})
     prepared = prepare_in_memory(core_prep.prepare, env, p, folder)
     return sae, env, p, prepared
 
@@ -114,6 +116,15 @@ def test_matches_saebench_where_the_tail_starts_below_the_hook(tiny_run, tmp_pat
     assert_parity(sae, env, p, prepared)
 
 
+def test_context_size_setting_sets_the_held_out_contexts(tiny_run, tmp_path: Path) -> None:
+    """`evals.core.context_size` (SAEBench's, 128 there) overrides the run's, in the prep and the output."""
+    sae, env, p, prepared = core_setup(tiny_run, tiny_run[0].model.hook, 1024, tmp_path, context_size=16)
+    assert env.data.context_size != 16 and prepared.meta["context_size"] == 16
+    assert prepared.tensor(TOKENS).shape == (p.n_contexts, 16)
+    output, _ = evaluate(prepared, sae, env, p)
+    assert output.eval_config.context_size == 16
+
+
 def test_numbers_are_plausible(stored) -> None:
     sae, env, p, prepared = stored
     output, _ = evaluate(prepared, sae, env, p)
@@ -136,6 +147,13 @@ def test_prep_stores_what_the_passes_read(stored) -> None:
     counted = special_mask(tokens[: p.n_reconstruction_contexts], prepared.meta["ignore_tokens"])
     assert len(prepared.tensor(CE_CLEAN)) == counted[:, :-1].sum() and len(prepared.tensor(KL_ABLATED)) == counted.sum()
     assert not counted[:, 0].any()  # BOS opens every context and is left out, as in training
+
+
+def test_plan_size_bounds_what_prep_writes(stored) -> None:
+    """The disk preflight's size of this prep (clean logits stored) against the bytes it wrote."""
+    sae, env, p, prepared = stored
+    real, est = written_bytes(prepared.root), planned_prep_bytes(CORE, p, env.model_spec, env.data.context_size)
+    assert real <= est <= 1.1 * real, (real, est)
 
 
 def test_heldout_documents_are_disjoint_from_training_documents(tiny_run) -> None:
