@@ -116,8 +116,43 @@ GRIDS: dict[str, dict[str, Any]] = {
     "k_small": {"shape": "synth_small", "d_sae": 1024, "k": 11, "levels": [128, 512, 1024],
                 "steps": {8000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [1000, 2000, 4000],
                 "order": [(("ours",), None)], "runs": {(8000, "ours")}},
+    "bands_small": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024],
+                    "steps": {2000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [1000],
+                    "order": [(("ours",), None)], "runs": {(2000, "ours")}},
+    "weight_small": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024], "archs": ("matryoshka",),
+                     "steps": {2000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3,
+                     "extra": {f"ours+inner{w:g}": {"matryoshka": {"inner_weight": w}} for w in (0.1, 3.0, 0.3, 0.03)},
+                     "order": [(("ours+inner0.1", "ours+inner3"), None), (("ours+inner0.3", "ours+inner0.03"), None)],
+                     "runs": {(2000, f"ours+inner{w:g}") for w in (0.1, 3.0, 0.3, 0.03)}, "base_grid": "bands_small"},
+    "weight_budget": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024], "archs": ("matryoshka",),
+                      "steps": {8000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [1000, 2000, 4000],
+                      "extra": {"ours+inner0.1": {"matryoshka": {"inner_weight": 0.1}}},
+                      "order": [(("ours+inner0.1",), None)], "runs": {(8000, "ours+inner0.1")}, "base_grid": "budget_small"},
+    "weight_tiny": {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256],
+                    "steps": {4000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [1000],
+                    "extra": {"ours+inner0.1": {"matryoshka": {"inner_weight": 0.1}}},
+                    "order": [(("ours",), None), (("ours+inner0.1",), None)], "archs": ("matryoshka", "batchtopk"),
+                    "runs": {(4000, "ours"), (4000, "ours+inner0.1")}},
+    "full_small": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024], "archs": ("full",),
+                   "steps": {2000: [0, 1, 2], 8000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3,
+                   "extra": {"ours+inner0.1": {"matryoshka": {"inner_weight": 0.1}}},
+                   "order": [(("ours",), None), (("ours+inner0.1",), None)],
+                   "runs": {(2000, "ours"), (2000, "ours+inner0.1"), (8000, "ours+inner0.1")}, "base_grid": "budget_small"},
+    "full_tiny": {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256], "archs": ("full",),
+                  "steps": {4000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3,
+                  "extra": {"ours+inner0.1": {"matryoshka": {"inner_weight": 0.1}}},
+                  "order": [(("ours", "ours+inner0.1"), None)], "runs": {(4000, "ours"), (4000, "ours+inner0.1")},
+                  "base_grid": "weight_tiny"},
 }
-"""`k_small`: k at synth_small's true L0 (10.65) instead of 2.4x it. `extra`: settings beyond the switch grid, each ours with overrides: `matryoshka` (merged into the
+"""`k_small`: k at synth_small's true L0 (10.65) instead of 2.4x it. `bands_small`: budget_small's 2,000-step
+runs again (deterministic: the same numbers) with the never-firing latents counted per Matryoshka band.
+`weight_small`: Matryoshka's inner-level losses weighted down (0.3, 0.1, 0.03) and up (3) against the plain
+sum; `weight_budget`: inner weight 0.1 on budget_small's curve; `weight_tiny`: the same switch on the tiny
+shape, where plain Matryoshka overtook BatchTopK at 4,000 steps (§4).
+`full_small`: the full recipe (`FULL`) on budget_small's pool, seeds and eval, separate runs per budget
+(its k anneals over the run, so a snapshot is not the shorter run), plain and with inner weight 0.1;
+`full_tiny`: the same two on the tiny shape. `archs`: default batchtopk and
+matryoshka. `extra`: settings beyond the switch grid, each ours with overrides: `matryoshka` (merged into the
 Matryoshka spec, for that arch only) or `lr`."""
 """k / true L0: 10 / 4.1 on tiny, 25 / 10.65 on synth_small (both about 2.4). Steps -> seeds. `eval_at`: a run
 is also scored at these steps, as its own row (lr and k are constant, so its state there is the shorter run's)."""
@@ -126,6 +161,9 @@ PRIORITY = [(("ours", "sae_lens"), None), (("ours+decoder", "sae_lens-decoder"),
             (("ours+aux", "sae_lens-aux", "ours+dead_window"), [0]), (("sae_lens-dead_window",), [1, 2])]
 """The switch grid's order on a shared 2-core machine: settings groups, each on every seed (None) or on
 the seeds listed, so a cut-off run leaves the most important comparisons complete."""
+FULL = {"lista": {"steps": 1, "eta": 0.3}, "k_anneal": {"k_start": 100, "fraction": 0.5}, "term": {"t": 2.0e-3},
+        "orthogonality": {"coefficient": 0.01}}
+"""configs/synth_small.yaml's `full_recipe` on top of Matryoshka."""
 BUDGET_ORDER = [(("ours", "sae_lens"), None)]
 BUDGET_RUNS = {(4000, "ours"), (4000, "sae_lens"), (16000, "ours")}
 """The budget grid: ours and sae-lens-style at 4,000 steps, ours alone at 16,000 (1,000: the switch grid)."""
@@ -198,6 +236,23 @@ def calibrate(coder: SparseCoder, x: torch.Tensor) -> float:
     return float(cut)
 
 
+@torch.no_grad()
+def band_stats(coder: SparseCoder, x: torch.Tensor, levels: list[int]) -> list[dict[str, float]]:
+    """Per Matryoshka band of latent indices [levels[i-1], levels[i]) (the same index bands for BatchTopK,
+    as a control), at the calibrated threshold on `x`: latents never firing, the band's share of all
+    firings, and the mean nonzero activation. Shows whether the rare latents sit in the outer bands."""
+    fired = coder.encode_dense(x)
+    counts, total = (fired != 0).sum(0), float((fired != 0).sum())
+    out, lo = [], 0
+    for hi in levels:
+        band, c = fired[:, lo:hi], counts[lo:hi]
+        nonzero = band[band != 0]
+        out.append({"band": f"{lo}-{hi}", "never": int((c == 0).sum()), "share": float(c.sum()) / max(total, 1.0),
+                    "mean_act": float(nonzero.mean()) if nonzero.numel() else 0.0})
+        lo = hi
+    return out
+
+
 def run_grid(grid_name: str) -> None:
     g = GRIDS[grid_name]
     spec = shape_spec(g["shape"])
@@ -212,7 +267,9 @@ def run_grid(grid_name: str) -> None:
     by_name = dict(settings) | {name: {**ours_style(), **extra} for name, extra in g.get("extra", {}).items()}
     plan = [(steps, seed, arch, name, by_name[name]) for names, only in (PRIORITY if grid_name == "switch" else g.get("order", BUDGET_ORDER))
             for steps, seeds in g["steps"].items() for seed in (seeds if only is None else only)
-            for arch in ("batchtopk", "matryoshka") for name in names if grid_name == "switch" or (steps, name) in g.get("runs", BUDGET_RUNS)]
+            for arch in g.get("archs", ("batchtopk", "matryoshka")) for name in names
+            if (grid_name == "switch" or (steps, name) in g.get("runs", BUDGET_RUNS))
+            and not (arch == "batchtopk" and "matryoshka" in by_name[name])]  # a Matryoshka switch leaves BatchTopK as it is
     only_steps, only_arch = os.environ.get("EXP_STEPS"), os.environ.get("EXP_ARCH")  # to split a grid over processes
     only_seed = os.environ.get("EXP_SEED")
     for steps, seed, arch, name, s in plan:
@@ -220,8 +277,10 @@ def run_grid(grid_name: str) -> None:
                 or (only_seed and int(only_seed) != seed):
             continue
         recipe = {"activation": "batchtopk", "decoder": s["decoder"], "b_dec_init": s["b_dec_init"], "aux_k": s["aux_k"]}
-        if arch == "matryoshka":
+        if arch in ("matryoshka", "full"):
             recipe["matryoshka"] = {"levels": g["levels"], **s.get("matryoshka", {})}  # a grid's Matryoshka switches
+        if arch == "full":
+            recipe |= FULL
         lr = s.get("lr", g["lr"])
         row = {"setting": name, "arch": arch, "seed": seed, "shape": g["shape"], "lr": lr,
                "d_sae": g["d_sae"], "k": g["k"], "recipe": recipe, "dead_after": s["dead_after"]}
@@ -230,8 +289,12 @@ def run_grid(grid_name: str) -> None:
             coder.eval()
             fit = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
             info["threshold_fit"] = float(coder.activation.threshold_global)
-            info["threshold_cal"] = calibrate(coder, calib)
+            if row["arch"] == "full":  # LISTA refines the code: match through the whole inference, as the pipeline does
+                info["threshold_cal"] = match_l0(CoderAsSAE(coder), calib, coder.k, rows=4096).factor
+            else:
+                info["threshold_cal"] = calibrate(coder, calib)
             cal = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
+            info["bands"] = band_stats(coder, calib, g["levels"])
             with out_path.open("a") as f:
                 f.write(json.dumps({**row, "steps": at, "fit": fit, "cal": cal, **info}) + "\n")
             print(f"{row['setting']:22s} {row['arch']:10s} s{row['seed']} {at:5d} steps  F1 fit {fit['f1']:.3f} (L0 {fit['l0']:.1f})"
@@ -283,7 +346,8 @@ def mean_ci(v: list[float]) -> tuple[float, float]:
 
 def summary(grid_name: str) -> None:
     """Per (steps, arch, setting): metric means ± 95% t over seeds, and F1 paired against the setting's base."""
-    rows = [json.loads(line) for line in (RESULTS / f"{grid_name}.jsonl").open()]
+    base_grid = GRIDS[grid_name].get("base_grid")  # the runs this grid's settings are compared with
+    rows = [json.loads(line) for name in filter(None, (grid_name, base_grid)) for line in (RESULTS / f"{name}.jsonl").open()]
     by: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}
     for r in rows:
         by.setdefault((r["steps"], r["arch"], r["setting"]), {})[r["seed"]] = r
@@ -298,15 +362,23 @@ def summary(grid_name: str) -> None:
         dead = "%.0f" % mean_ci([seeds[s]["cal"]["dead_latents"] for s in sorted(seeds)])[0]
         print(f"| {steps} | {arch} | {setting} | {len(seeds)} | {cell('f1', 'cal')} | {delta} | {cell('mcc', 'cal')} "
               f"| {cell('explained_variance', 'cal')} | {cell('f1', 'fit')} | {l0} | {dead} |")
-    print("\n| steps | setting | seeds | Matryoshka − BatchTopK, F1 (cal), paired | same, MCC |")
-    print("|---|---|---|---|---|")
-    for (steps, arch, setting), mat in sorted(by.items()):
-        btk = by.get((steps, "batchtopk", setting), {}) if arch == "matryoshka" else {}
-        common = sorted(set(mat) & set(btk))
+    print("\n| steps | arch | setting | seeds | arch − BatchTopK (ours), F1 (cal), paired | same, MCC |")
+    print("|---|---|---|---|---|---|")
+    for (steps, arch, setting), other in sorted(by.items()):
+        btk = by.get((steps, "batchtopk", setting), by.get((steps, "batchtopk", "ours"), {})) if arch != "batchtopk" else {}
+        common = sorted(set(other) & set(btk))
         if common:
-            f1 = mean_ci([mat[s]["cal"]["f1"] - btk[s]["cal"]["f1"] for s in common])
-            mcc = mean_ci([mat[s]["cal"]["mcc"] - btk[s]["cal"]["mcc"] for s in common])
-            print(f"| {steps} | {setting} | {len(common)} | {f1[0]:+.3f} ± {f1[1]:.3f} | {mcc[0]:+.3f} ± {mcc[1]:.3f} |")
+            f1 = mean_ci([other[s]["cal"]["f1"] - btk[s]["cal"]["f1"] for s in common])
+            mcc = mean_ci([other[s]["cal"]["mcc"] - btk[s]["cal"]["mcc"] for s in common])
+            print(f"| {steps} | {arch} | {setting} | {len(common)} | {f1[0]:+.3f} ± {f1[1]:.3f} | {mcc[0]:+.3f} ± {mcc[1]:.3f} |")
+    banded = [(key, seeds) for key, seeds in sorted(by.items()) if all("bands" in r for r in seeds.values())]
+    if banded:
+        print("\n| steps | arch | setting | seeds | band: latents never firing (of the band), share of all firings, mean activation |")
+        print("|---|---|---|---|---|")
+        for (steps, arch, setting), seeds in banded:
+            per = zip(*(seeds[s]["bands"] for s in sorted(seeds)))
+            cells = ["%s: %.0f, %.3f, %.2f" % (b[0]["band"], *(sum(r[f] for r in b) / len(b) for f in ("never", "share", "mean_act"))) for b in per]
+            print(f"| {steps} | {arch} | {setting} | {len(seeds)} | " + "; ".join(cells) + " |")
 
 
 # -- parity: our trainer at its defaults vs sae-lens's training SAEs at theirs ---------------------

@@ -204,6 +204,20 @@ def test_matryoshka_loss_is_sum_of_prefix_losses() -> None:
     assert coder.training_loss(x).metrics["loss/reconstruction"] == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_matryoshka_inner_weight_scales_only_the_inner_levels() -> None:
+    torch.manual_seed(1)
+    recipe = RecipeSpec(activation="topk", matryoshka={"levels": [2, 4, 8], "inner_weight": 0.25}, aux_k=None)
+    coder = build_coder(recipe, 4, 8, 3, seed=3)
+    x = torch.randn(5, 4)
+    inner_2, inner_4, full = _dense_prefix_losses(coder, x, [2, 4, 8])
+    expected = 0.25 * (inner_2 + inner_4) + full
+    assert coder.training_loss(x).metrics["loss/reconstruction"] == pytest.approx(float(expected), rel=1e-5)
+    assert float(full) < float(expected) < float(inner_2 + inner_4 + full)  # the weight moved the value
+    plain = RecipeSpec(activation="topk", matryoshka={"levels": [2, 4, 8]}, aux_k=None)
+    assert "inner_weight" not in plain.model_dump_json()  # a quiet default: existing stage keys unchanged
+    assert "inner_weight" in recipe.model_dump_json()
+
+
 @pytest.mark.parametrize("detach", [False, True])
 def test_matryoshka_detach_inner_blocks_inner_gradients(detach: bool) -> None:
     torch.manual_seed(2)

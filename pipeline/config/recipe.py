@@ -61,10 +61,15 @@ class ReluL1Spec(_Spec):
 class MatryoshkaSpec(_Spec):
     """Prefix reconstruction losses (Bussmann et al. 2025, "Learning Multi-Level Features with Matryoshka SAEs")."""
 
+    _quiet_defaults: ClassVar[frozenset[str]] = frozenset({"inner_weight"})
     levels: tuple[int, ...] = Field(..., min_length=1, description="cumulative widths; the last must equal d_sae")
     detach_inner: bool = False
     order_by_frequency: bool = False
     frequency_ema: float = Field(0.01, gt=0.0, le=1.0)
+    inner_weight: float = Field(1.0, gt=0.0)
+    """Weight of each inner level's reduced loss against the full level's 1. 1.0 is the plain sum of
+    Bussmann et al. and sae-lens. The inner latents are trained by every level, so they grow larger
+    activations and win BatchTopK's shared top-k; below 1 they pull less (docs/RESULTS.md §4c)."""
 
     @field_validator("levels")
     @classmethod

@@ -144,7 +144,7 @@ def _reference_can_train(r: RecipeSpec) -> None:
         )
     no_counterpart = {
         "matryoshka with a non-batchtopk activation": r.matryoshka is not None and r.activation != "batchtopk",
-        "matryoshka.detach_inner / order_by_frequency / frequency_ema": r.matryoshka is not None
+        "matryoshka.detach_inner / order_by_frequency / frequency_ema / inner_weight": r.matryoshka is not None
         and bool(r.matryoshka.model_fields_set - {"levels"}),
         "batchtopk.threshold per_latent (sae-lens fits one global threshold)": _written_as(r.batchtopk, "threshold", "per_latent"),
         "aux_k.scale_by_dead false (sae-lens: true)": r.aux_k is not None and _written_as(r.aux_k, "scale_by_dead", False),

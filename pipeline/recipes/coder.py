@@ -116,7 +116,7 @@ class SparseCoder(nn.Module):
                            lambda h: self.activation.select(h, k), self.ops)
         recon: ReconOutput = self.reconstruction(x, enc.active, W_dec, self.b_dec, self.ops)
         terms: dict[str, Tensor] = {
-            "reconstruction": sum(self.reduce(level) for level in recon.level_losses),
+            "reconstruction": sum(w * self.reduce(level) for level, w in zip(recon.level_losses, recon.level_weights)),
             "sparsity": self.activation.penalty(enc.pre, enc.active.values, enc.active.latents, x.shape[0]),
         }
         ctx = LossContext(x, enc, recon, dead_mask, W_enc, b_enc, W_dec, self.ops)

@@ -5,6 +5,7 @@ Autoencoders"; Nabeshima 2024): with cumulative level widths w_1 < ... < w_L = d
     loss = sum_l  || x - b_dec - sum_{latents i with rank(i) < w_l} a_i d_i ||^2
 so every prefix of the dictionary must reconstruct x on its own. rank(i) is the latent index, or
 (`order_by_frequency`) its position when latents are sorted by an EMA of firing frequency.
+`inner_weight` w scales the loss of every level l < L (w = 1: the plain sum above).
 `detach_inner`: level l < L sees the inner levels' running reconstruction detached, so inner
 latents are trained only by their own level and the outermost (full) level.
 """
@@ -25,7 +26,7 @@ class PlainReconstruction(nn.Module):
 
     def forward(self, x: Tensor, active: Active, W_dec: Tensor, b_dec: Tensor, ops: type[SparseOps] | type[DenseOps]) -> ReconOutput:
         x_hat = b_dec + ops.decode(active.selection, active.values, W_dec)
-        return ReconOutput(x_hat, [(x - x_hat).pow(2).sum(-1)])
+        return ReconOutput(x_hat, [(x - x_hat).pow(2).sum(-1)], [1.0])
 
     def observe(self, active: Active) -> None:
         return None
@@ -45,6 +46,7 @@ class MatryoshkaReconstruction(nn.Module):
         self.detach_inner = spec.detach_inner
         self.order_by_frequency = spec.order_by_frequency
         self.ema = spec.frequency_ema
+        self.weights = [spec.inner_weight] * (len(spec.levels) - 1) + [1.0]
 
     def ranks(self) -> Tensor:
         """rank[i] = position of latent i in the level order (0 = first/innermost)."""
@@ -73,7 +75,7 @@ class MatryoshkaReconstruction(nn.Module):
         else:
             prefixes = full
         target = x - b_dec
-        return ReconOutput(b_dec + full[-1], [(target - p).pow(2).sum(-1) for p in prefixes])
+        return ReconOutput(b_dec + full[-1], [(target - p).pow(2).sum(-1) for p in prefixes], self.weights)
 
     @torch.no_grad()
     def observe(self, active: Active) -> None:

@@ -71,10 +71,12 @@ class EncodeOutput(NamedTuple):
 
 
 class ReconOutput(NamedTuple):
-    """Full reconstruction plus one per-sample squared-error vector per loss level."""
+    """Full reconstruction plus one per-sample squared-error vector per loss level, and each level's
+    weight in the loss (applied after the reduction, so TERM tilts each level's errors as they are)."""
 
     x_hat: Tensor
     level_losses: list[Tensor]
+    level_weights: list[float]
 
 
 class TrainOutput(NamedTuple):

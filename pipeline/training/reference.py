@@ -161,6 +161,8 @@ def saepipe_differences(recipe: RecipeSpec, d_in: int, d_sae: int, k: int, lr: f
     if recipe.matryoshka is not None:
         m = recipe.matryoshka
         out |= {n: [getattr(m, n), None] for n in ("detach_inner", "order_by_frequency") if getattr(m, n)}
+        if m.inner_weight != 1.0:
+            out["matryoshka_inner_weight"] = [m.inner_weight, 1.0]  # sae-lens sums its levels unweighted
     for piece in ("lista", "k_anneal", "term", "orthogonality", "loo"):
         spec = getattr(recipe, piece)
         if spec is not None:
