@@ -357,7 +357,7 @@ def summary(grid_name: str) -> None:
         base = by.get((steps, arch, "sae_lens" if setting.startswith("sae_lens") else "ours"), {})
         common = sorted(set(seeds) & set(base))
         cell = lambda key, var: "%.3f ± %.3f" % mean_ci([seeds[s][var][key] for s in sorted(seeds)])  # noqa: E731
-        delta = "—" if setting in ("ours", "sae_lens") else "%+.3f ± %.3f" % mean_ci([seeds[s]["cal"]["f1"] - base[s]["cal"]["f1"] for s in common])
+        delta = "—" if setting in ("ours", "sae_lens") or not common else "%+.3f ± %.3f" % mean_ci([seeds[s]["cal"]["f1"] - base[s]["cal"]["f1"] for s in common])
         l0 = "%.1f ± %.1f" % mean_ci([seeds[s]["fit"]["l0"] for s in sorted(seeds)])
         dead = "%.0f" % mean_ci([seeds[s]["cal"]["dead_latents"] for s in sorted(seeds)])[0]
         print(f"| {steps} | {arch} | {setting} | {len(seeds)} | {cell('f1', 'cal')} | {delta} | {cell('mcc', 'cal')} "
