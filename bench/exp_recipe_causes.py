@@ -241,11 +241,12 @@ def band_stats(coder: SparseCoder, x: torch.Tensor, levels: list[int]) -> list[d
     """Per Matryoshka band of latent indices [levels[i-1], levels[i]) (the same index bands for BatchTopK,
     as a control), at the calibrated threshold on `x`: latents never firing, the band's share of all
     firings, and the mean nonzero activation. Shows whether the rare latents sit in the outer bands."""
-    fired = coder.encode_dense(x)
-    counts, total = (fired != 0).sum(0), float((fired != 0).sum())
+    codes = coder.encode_dense(x)
+    counts = (codes != 0).sum(0)
+    total = float(counts.sum())
     out, lo = [], 0
     for hi in levels:
-        band, c = fired[:, lo:hi], counts[lo:hi]
+        band, c = codes[:, lo:hi], counts[lo:hi]
         nonzero = band[band != 0]
         out.append({"band": f"{lo}-{hi}", "never": int((c == 0).sum()), "share": float(c.sum()) / max(total, 1.0),
                     "mean_act": float(nonzero.mean()) if nonzero.numel() else 0.0})
@@ -289,7 +290,7 @@ def run_grid(grid_name: str) -> None:
             coder.eval()
             fit = flat_metrics(score(CoderAsSAE(coder), model, spec.eval_samples, seed=4242))
             info["threshold_fit"] = float(coder.activation.threshold_global)
-            if row["arch"] == "full":  # LISTA refines the code: match through the whole inference, as the pipeline does
+            if coder.recipe.lista is not None:  # the code is refined past the pre-activations: match through the whole inference
                 info["threshold_cal"] = match_l0(CoderAsSAE(coder), calib, coder.k, rows=4096).factor
             else:
                 info["threshold_cal"] = calibrate(coder, calib)

@@ -12,7 +12,7 @@ from pipeline.cli import planned_bytes
 from pipeline.loading import load_config
 from pipeline.plan import build_plan
 from pipeline.stages.registry import kind_of
-from tests.conftest import run_cli, tiny_config, write_config
+from tests.conftest import run_cli, tiny_config, write_config, written_bytes
 
 
 def test_run_refuses_a_plan_that_cannot_fit_and_writes_nothing(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_estimates_bound_what_the_stages_write(tiny_run) -> None:
     """Activation shards and the trained SAE, against the tiny run's real artifacts."""
     _, store, train = tiny_run
     acts = train.inputs["activations"]
-    real = sum(f.stat().st_size for f in store.path(acts.kind, acts.key).rglob("*") if f.is_file())
+    real = written_bytes(store.path(acts.kind, acts.key))
     est = kind_of(acts.kind).planned_bytes(acts)
     assert real <= est <= 1.1 * real, (real, est)
     sae = store.path(train.kind, train.key) / "sae" / "sae_weights.safetensors"
