@@ -92,12 +92,20 @@ def lock_path(store: ArtifactStore, stage: Stage) -> Path:
     return store.root / stage.kind / ".locks" / f"{stage.key}.lock"
 
 
-def _holder(path: Path) -> str:
-    """'pid N, host H' as the holder wrote it; '?' where it has not written it yet."""
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        info = {}
+def _holder(path: Path, patience_s: float = 2.0) -> str:
+    """'pid N, host H' as the holder wrote it. The holder writes it just after taking the lock (and
+    empties the file when it lets go), so an empty file means "taken a moment ago": read again for a
+    little while rather than name nobody. '?' if it never appears."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            info = json.loads(path.read_text())
+            break
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                info = {}
+                break
+            time.sleep(0.01)
     return f"pid {info.get('pid', '?')}, host {info.get('host', '?')}"
 
 
@@ -122,6 +130,9 @@ def stage_lock(store: ArtifactStore, stage: Stage, *, wait: bool, reporter: Repo
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # no stale holder for the next one's waiters to name
     finally:
         os.close(fd)  # releases the lock

@@ -132,3 +132,31 @@ def test_two_concurrent_runs_compute_each_stage_once(root: ArtifactStore, tmp_pa
     assert nothing_set_aside(root)
     assert run_cli("verify", str(cfg_path), artifacts=root.root).returncode == 0
     assert json.loads((root.root / "tiny" / "summary.json").read_text())
+
+
+def test_a_waiter_names_a_holder_that_has_only_just_taken_the_lock(root: ArtifactStore) -> None:
+    """The holder writes who it is just after taking the flock; a process that finds the lock taken in
+    that moment reads again until the name appears (the race that once named "pid ?"), and a released
+    lock leaves no stale name behind."""
+    import fcntl
+    import threading
+
+    from pipeline.state import StageBusy, lock_path
+
+    stage = next(s for s in build_plan(parse_config(lock_config("just-taken", 150_000))) if s.kind == "train")
+    path = lock_path(root, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # taken, nothing written yet
+    writer = threading.Timer(0.3, lambda: os.pwrite(fd, json.dumps({"pid": 4242, "host": "elsewhere"}).encode(), 0))
+    writer.start()
+    try:
+        with pytest.raises(StageBusy) as busy, stage_lock(root, stage, wait=False, reporter=QUIET):
+            pass
+        assert busy.value.holder == "pid 4242, host elsewhere"
+    finally:
+        writer.join()
+        os.close(fd)
+    with stage_lock(root, stage, wait=False, reporter=QUIET):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert path.read_text() == ""
