@@ -8,12 +8,14 @@ from evals.core.output import REPORTED
 
 ROW_BYTES = 8 + 3 * 4
 """Per token: its id (int64), and the clean CE, ablated CE and ablated KL (fp32)."""
+KL_ROW_BYTES = 4
+"""Per CE/KL token when the clean side is stored: its sum p log p (fp32)."""
 
 
 def prep_bytes(params: dict[str, Any], size: PrepSize) -> int | None:
     """Tokens and per-token measures, the hook's activations, the tail's starting residual (counted always:
-    an upper bound, since a resid hook needs none), and the clean logits when prep stores them (bounded
-    by ``clean_logits_max_mib`` when the vocabulary is unknown)."""
+    an upper bound, since a resid hook needs none), and the clean probabilities with their sum p log p when
+    prep stores them (bounded by ``clean_logits_max_mib`` when the vocabulary is unknown)."""
     p = CoreConfig.model_validate(params)
     context_size = p.tokens_per_context(size.context_size)
     if context_size is None:
@@ -23,10 +25,11 @@ def prep_bytes(params: dict[str, Any], size: PrepSize) -> int | None:
     if size.d_vocab is None:
         logits = p.clean_logits_max_mib * 2**20
     else:
-        logits = p.clean_logits_bytes(context_size, size.d_vocab, size.float_bytes) or 0
+        stored = p.clean_logits_bytes(context_size, size.d_vocab, size.float_bytes)
+        logits = stored + kl_tokens * KL_ROW_BYTES if stored is not None else 0
     return tokens * (ROW_BYTES + size.d_model * size.float_bytes) + kl_tokens * size.d_model * size.float_bytes + logits
 
 
 EVAL = EvalDef(
-    "core", 3, CoreConfig, __name__, REPORTED, prep="core", prep_version=3, prep_reads_corpus=True, prep_bytes=prep_bytes
+    "core", 4, CoreConfig, __name__, REPORTED, prep="core", prep_version=4, prep_reads_corpus=True, prep_bytes=prep_bytes
 )

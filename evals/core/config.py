@@ -23,10 +23,10 @@ class CoreConfig(EvalConfig):
     """Tokens per held-out context (SAEBench's context_size, 128 by default there; CE and KL depend on it).
     None: the run's ``data.context_size``."""
     clean_logits_max_mib: NonNegativeInt = 1024
-    """Prep stores the clean logits KL compares against when they take at most this many MiB
-    (contexts x context size x vocabulary x the model's float size); above it each SAE's eval reruns the
-    model's clean tail from the cached residual instead. Both are exact: disk against one more tail pass
-    per reconstruction batch. Not a SAEBench setting."""
+    """Prep stores the clean side of KL (the clean pass's probabilities, as many bytes as its logits) when
+    it takes at most this many MiB (contexts x context size x vocabulary x the model's float size); above
+    it each SAE's eval reruns the model's clean tail from the cached residual instead. Both give the same
+    numbers: disk against one more tail pass per reconstruction batch. Not a SAEBench setting."""
 
     @property
     def n_reconstruction_contexts(self) -> int:
@@ -43,6 +43,6 @@ class CoreConfig(EvalConfig):
         return self.context_size or run_context_size
 
     def clean_logits_bytes(self, context_size: int, d_vocab: int, float_bytes: int) -> int | None:
-        """Bytes of the clean logits when prep stores them (within ``clean_logits_max_mib``), else None."""
+        """Bytes of the clean probabilities when prep stores them (within ``clean_logits_max_mib``), else None."""
         n = self.n_reconstruction_contexts * context_size * d_vocab * float_bytes
         return n if n <= self.clean_logits_max_mib * 2**20 else None

@@ -11,12 +11,13 @@ from torch import Tensor
 
 from evals.contract import Prepared
 from evals.core.config import CoreConfig
-from evals.core.measures import counted_ce, counted_kl, special_mask
+from evals.core.measures import clean_side, counted_ce, counted_kl, special_mask
 from evals.core.prepare import (
     ACTS,
     CE_ABLATED,
     CE_CLEAN,
-    CLEAN_LOGITS,
+    CLEAN_PLOGP,
+    CLEAN_PROBS,
     KL_ABLATED,
     RESID,
     TOKENS,
@@ -40,14 +41,15 @@ def downstream_metrics(prepared: Prepared, sae: Any, model: Any, hook: str, p: C
     ignore = prepared.meta["ignore_tokens"]
     b = p.batch_size_prompts
     starts = prepared.batches(ACTS if tail.starts_at_splice else RESID, b)
-    cleans = prepared.batches(CLEAN_LOGITS, b) if CLEAN_LOGITS in prepared.names() else None
+    stored = CLEAN_PROBS in prepared.names()
+    cleans = zip(prepared.batches(CLEAN_PROBS, b), prepared.batches(CLEAN_PLOGP, b)) if stored else None
     kl_sae, ce_sae = [], []
     for _, batch, start in zip(range(p.n_reconstruction_batches), prepared.batches(TOKENS, b), starts):
         batch, start = batch.to(device), start.to(device)
         mask = special_mask(batch, ignore)
         logits, ce = tail.run(model, start, batch, splice(sae, mask))
-        clean = next(cleans).to(device) if cleans is not None else tail.run(model, start, batch)[0]
-        kl_sae.append(counted_kl(clean, logits, mask))
+        probs, plogp = (t.to(device) for t in next(cleans)) if cleans is not None else clean_side(tail.run(model, start, batch)[0])
+        kl_sae.append(counted_kl(probs, plogp, logits, mask))
         ce_sae.append(counted_ce(ce, mask))
     kl_with_sae, ce_with_sae = torch.cat(kl_sae).mean().item(), torch.cat(ce_sae).mean().item()
     kl_ablation = prepared.tensor(KL_ABLATED).mean().item()

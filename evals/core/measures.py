@@ -1,5 +1,6 @@
-"""Per-token measures exactly as sae-bench's core eval computes them (``get_recons_loss`` and
-``get_downstream_reconstruction_metrics``), so prep's and each SAE's halves agree with its numbers."""
+"""Per-token measures as sae-bench's core eval computes them (``get_recons_loss`` and
+``get_downstream_reconstruction_metrics``), so prep's and each SAE's halves agree with its numbers: the
+same masks and CE; KL rearranged so that its clean half is computed once, in prep (``kl``)."""
 
 from __future__ import annotations
 
@@ -14,18 +15,25 @@ def special_mask(tokens: Tensor, ignore: Iterable[int]) -> Tensor:
     return torch.logical_not(torch.any(torch.stack([tokens == t for t in ignore], dim=0), dim=0))
 
 
-def kl(original_logits: Tensor, new_logits: Tensor) -> Tensor:
-    """KL(original || new) per position, with sae-bench's very operations (log of softmax, not log_softmax),
-    so the floats match its own."""
-    original_probs = torch.nn.functional.softmax(original_logits, dim=-1)
-    log_original_probs = torch.log(original_probs)
-    log_new_probs = torch.log(torch.nn.functional.softmax(new_logits, dim=-1))
-    return (original_probs * (log_original_probs - log_new_probs)).sum(dim=-1)
+def clean_side(clean_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """What KL needs of the clean pass, SAE-independent, so prep computes it once: the probabilities
+    (sae-bench's softmax) and per position sum p log p (``xlogy``: 0 where p underflows to 0)."""
+    probs = torch.nn.functional.softmax(clean_logits, dim=-1)
+    return probs, torch.special.xlogy(probs, probs).sum(dim=-1)
 
 
-def counted_kl(original_logits: Tensor, new_logits: Tensor, mask: Tensor) -> Tensor:
+def kl(probs: Tensor, plogp: Tensor, new_logits: Tensor) -> Tensor:
+    """KL(clean || new) per position, as sum p log p - sum p log q with the clean side from
+    ``clean_side``: one log-softmax and one dot product over the new logits, where sae-bench's form
+    (``p * (log p - log q)``, both logs of a softmax) makes six passes over both. Equal in exact
+    arithmetic; in fp32 the core parity test measures the difference (tests/evals/test_core.py)."""
+    log_q = torch.nn.functional.log_softmax(new_logits, dim=-1)
+    return plogp - (probs * log_q).sum(dim=-1)
+
+
+def counted_kl(probs: Tensor, plogp: Tensor, new_logits: Tensor, mask: Tensor) -> Tensor:
     """KL at the positions that count, flattened in sae-bench's order."""
-    return kl(original_logits, new_logits)[mask]
+    return kl(probs, plogp, new_logits)[mask]
 
 
 def counted_ce(ce_per_token: Tensor, mask: Tensor) -> Tensor:

@@ -12,7 +12,8 @@ reconstruction/sparsity metrics (a pass up to the hook). Stored here, in bounded
 * ``resid``: for other hooks only, the residual the tail starts from (``Tail.start_hook``);
 * ``ce_clean``, ``ce_ablated``, ``kl_ablated``: per-token values at the positions that count, in
   sae-bench's order;
-* ``clean_logits``: the clean pass's logits KL compares against, when they fit ``clean_logits_max_mib``.
+* ``clean_probs``, ``clean_plogp``: the clean side of KL (``measures.clean_side``: the clean pass's
+  probabilities and per position sum p log p), when they fit ``clean_logits_max_mib``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from evals.contract import EvalEnv, TensorSink
 from evals.core.config import CoreConfig
-from evals.core.measures import counted_ce, counted_kl, special_mask
+from evals.core.measures import clean_side, counted_ce, counted_kl, special_mask
 from evals.core.tail import Tail
 from pipeline.data.contexts import token_contexts
 from pipeline.data.corpora import documents
@@ -36,7 +37,8 @@ RESID = "resid"
 CE_CLEAN = "ce_clean"
 CE_ABLATED = "ce_ablated"
 KL_ABLATED = "kl_ablated"
-CLEAN_LOGITS = "clean_logits"
+CLEAN_PROBS = "clean_probs"
+CLEAN_PLOGP = "clean_plogp"
 
 
 def heldout_tokens(env: EvalEnv, p: CoreConfig, tokenizer: Any) -> Tensor:
@@ -72,11 +74,13 @@ def model_passes(model: Any, batch: Tensor, tail: Tail, hook: str, mask: Tensor,
     ablated_logits, ce_ablated = model.run_with_hooks(
         batch, return_type="both", loss_per_token=True, fwd_hooks=[(hook, lambda acts, hook: torch.zeros_like(acts))]
     )
+    probs, plogp = clean_side(clean_logits)
     sink.append(CE_CLEAN, counted_ce(ce_clean, mask))
     sink.append(CE_ABLATED, counted_ce(ce_ablated, mask))
-    sink.append(KL_ABLATED, counted_kl(clean_logits, ablated_logits, mask))
+    sink.append(KL_ABLATED, counted_kl(probs, plogp, ablated_logits, mask))
     if keep_logits:
-        sink.append(CLEAN_LOGITS, clean_logits)
+        sink.append(CLEAN_PROBS, probs)
+        sink.append(CLEAN_PLOGP, plogp)
     if not tail.starts_at_splice:
         sink.append(RESID, captured[tail.start_hook])
     return captured[hook]
@@ -105,5 +109,5 @@ def prepare(env: EvalEnv, p: CoreConfig, sink: TensorSink) -> dict[str, Any]:
         "context_size": tokens.shape[1],
         "dataset": f"{env.data.source}:{env.data.name} (held-out: one document in {env.data.holdout_every}, by text hash)",
         "ignore_tokens": ignore,
-        "clean_logits": "stored" if keep_logits else "recomputed per SAE from the cached residual",
+        "clean_probs": "stored" if keep_logits else "recomputed per SAE from the cached residual",
     }

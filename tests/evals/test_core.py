@@ -3,8 +3,11 @@ sae-bench's own ``run_evals`` (the whole model per SAE) on the same model, SAE a
 
 Tolerance: 1e-5 relative on every metric and every per-latent value. On CPU both sides run the same
 float operations on the same tensors (the tail starts from the very activations the full pass feeds
-its next block), so the measured differences are 0; the tolerance leaves room for kernels that pick a
-different summation order for a different batch shape.
+its next block), except KL: ours is sum p log p (cached by prep) minus sum p log q, sae-bench's
+sum p (log p - log q). Per position the two differ at float rounding (1e-6 of a KL near 7 seen, each
+side as far from a float64 reference as the other); the reported means agree to the last fp32 digit,
+so the measured differences are 0. The tolerance leaves room for kernels that pick a different
+summation order for a different batch shape.
 """
 
 from __future__ import annotations
@@ -14,18 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
 
 from evals.contract import EvalEnv, prepare_in_memory
 from evals.core import EVAL as CORE
 from evals.core import prepare as core_prep
 from evals.core.evaluate import evaluate
-from evals.core.measures import special_mask
+from evals.core.measures import clean_side, kl, special_mask
 from evals.core.prepare import (
     ACTS,
     CE_ABLATED,
     CE_CLEAN,
-    CLEAN_LOGITS,
+    CLEAN_PROBS,
     KL_ABLATED,
     RESID,
     TOKENS,
@@ -94,7 +98,7 @@ def assert_parity(sae, env, p, prepared) -> dict[str, float]:
 
 def test_matches_saebench_run_evals(stored) -> None:
     sae, env, p, prepared = stored
-    assert CLEAN_LOGITS in prepared.names() and RESID not in prepared.names()
+    assert CLEAN_PROBS in prepared.names() and RESID not in prepared.names()
     worst = assert_parity(sae, env, p, prepared)
     print("max relative difference:", max(worst.values()))
 
@@ -112,7 +116,7 @@ def test_matches_saebench_where_the_tail_starts_below_the_hook(tiny_run, tmp_pat
     """resid_mid: the tail reruns the hooked block from its cached resid_pre (as for the last block's
     resid_post); and with no room for the clean logits, the clean tail is rerun per SAE."""
     sae, env, p, prepared = core_setup(tiny_run, "blocks.3.hook_resid_mid", 0, tmp_path)
-    assert RESID in prepared.names() and CLEAN_LOGITS not in prepared.names()
+    assert RESID in prepared.names() and CLEAN_PROBS not in prepared.names()
     assert_parity(sae, env, p, prepared)
 
 
@@ -143,7 +147,7 @@ def test_prep_stores_what_the_passes_read(stored) -> None:
     assert tokens.shape == (p.n_contexts, env.data.context_size)
     assert prepared.reader(ACTS).shape == (p.n_contexts, env.data.context_size, sae.cfg.d_in)
     model, _ = get_model(env.model_spec)
-    assert prepared.reader(CLEAN_LOGITS).shape == (p.n_reconstruction_contexts, env.data.context_size, model.cfg.d_vocab)
+    assert prepared.reader(CLEAN_PROBS).shape == (p.n_reconstruction_contexts, env.data.context_size, model.cfg.d_vocab)
     counted = special_mask(tokens[: p.n_reconstruction_contexts], prepared.meta["ignore_tokens"])
     assert len(prepared.tensor(CE_CLEAN)) == counted[:, :-1].sum() and len(prepared.tensor(KL_ABLATED)) == counted.sum()
     assert not counted[:, 0].any()  # BOS opens every context and is left out, as in training
@@ -173,3 +177,22 @@ def test_core_reads_no_training_context(tiny_run) -> None:
     read = {tuple(r) for r in heldout_tokens(env, p, tokenizer).tolist()}
     training = token_contexts(documents(cfg.data, heldout=False), tokenizer, cfg.data.context_size, cfg.data.prepend_bos)
     assert not read & {tuple(next(training)) for _ in range(2000)}
+
+
+def test_kl_with_the_clean_side_cached_equals_saebench_form() -> None:
+    """``measures.kl`` (sum p log p cached, minus sum p log q) and sae-bench's p (log p - log q), both
+    against float64, on logits spread wide enough (a vocabulary of 49,152) that some clean probabilities
+    underflow to 0: there sae-bench's form gives NaN (0 * log 0) and xlogy keeps ours finite."""
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.randn(2, 16, 49_152, generator=gen) * torch.tensor([6.0, 15.0])[:, None, None]  # 15: underflows
+    new = clean + torch.randn(clean.shape, generator=gen) * 3
+    ours = kl(*clean_side(clean), new)
+    p = torch.softmax(clean, -1)
+    saebench = (p * (torch.log(p) - torch.log(torch.softmax(new, -1)))).sum(-1)
+    exact = (torch.softmax(clean.double(), -1) * (torch.log_softmax(clean.double(), -1) - torch.log_softmax(new.double(), -1))).sum(-1)
+    assert (p == 0).any() and torch.isfinite(ours).all() and not torch.isfinite(saebench).all()  # 0 * log 0
+    finite = torch.isfinite(saebench)
+    err, saebench_err = (ours.double() - exact).abs(), (saebench.double() - exact).abs()
+    print(f"max abs error vs float64: ours {err.max():.2e}, sae-bench {saebench_err[finite].max():.2e}")
+    assert err[finite].max() <= 2 * saebench_err[finite].max()  # fp32 rounding, no worse than its form
+    assert abs(ours.double().mean() - exact.mean()) / exact.mean() < RTOL  # the reported mean (1.4e-6 here)
