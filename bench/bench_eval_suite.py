@@ -18,7 +18,7 @@ peak memory of each eval stage.
   against one ``run-stage`` of all 4 keys (a grouped job), with their preps done.
 
 Usage: python bench/bench_eval_suite.py [--config default] [--tokens 300000] [--out bench/results/eval_suite.json]
-       [--work DIR] [--core-only | --memory-only | --skip-reference]
+       [--work DIR] [--core-only | --memory-only | --ratio-only | --skip-reference]
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def bench_core(raw: dict[str, Any], store: ArtifactStore, folder: Path, rounds: 
     return {
         "hook": cfg.model.hook, "contexts": prepared.meta["contexts"], "context_size": cfg.data.context_size,
         "batch_size_prompts": p.batch_size_prompts, "n_reconstruction_batches": p.n_reconstruction_batches,
-        "n_sparsity_batches": p.n_sparsity_batches, "clean_logits": prepared.meta["clean_logits"],
+        "n_sparsity_batches": p.n_sparsity_batches, "clean_probs": prepared.meta["clean_probs"],
         "prep_s": round(prep_s, 2), "prep_cache_mib": round(cache_mib, 1), "per_sae_s": times,
         "speedup_per_sae": round(best["saebench"] / best["ours"], 2),
     }  # fmt: skip
@@ -291,6 +291,7 @@ def main() -> None:
     parser.add_argument("--core-only", action="store_true", help="only eval_core per SAE, against sae-bench's run_evals")
     parser.add_argument("--groups-only", action="store_true", help="only grouped vs separate run-stage processes (4 SAEs)")
     parser.add_argument("--skip-reference", action="store_true", help="leave out sae-bench's own runners (sparse probing, core)")
+    parser.add_argument("--ratio-only", action="store_true", help="only ours with 1 and with 4 SAEs (the 4-vs-1 ratio)")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         tmp = Path(args.work) if args.work else Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -337,6 +338,8 @@ def suite(args: argparse.Namespace, tmp: Path) -> None:
     for measure in ("eval_stage_s", "cpu_s"):
         result[f"ours_ratio_4_vs_1_{measure}"] = round(result["ours_4_sae"][measure] / result["ours_1_sae"][measure], 3)
     save(result, args.out)
+    if args.ratio_only:
+        return
     result["peak_rss_mib_1_sae"] = peak_memory(raw1, clone_upstream(base, tmp / "mem"), tmp)
     result["load_after_memory"] = load_average()
     print(f"peak RSS: {result['peak_rss_mib_1_sae']}", flush=True)

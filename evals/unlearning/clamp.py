@@ -10,7 +10,7 @@ from sae_bench.evals.unlearning.utils.intervention import (
 )
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-from evals.unlearning.forward import new_cache, pad_rows, run_piece, run_prompt
+from evals.unlearning.forward import new_cache, run_piece, run_prompts
 from evals.unlearning.scoring import choice_scores
 from evals.unlearning.stored import KeptQuestion
 
@@ -42,12 +42,13 @@ def clamped_head(model: Any, sae: Any, head_acts: torch.Tensor | None, features:
 
 
 @torch.no_grad()
-def answer_with_clamp(model: Any, sae: Any, head: TransformerLensKeyValueCache, q: KeptQuestion,
-                      features: list[int], multiplier: int, first_block: int, answer_ids: torch.Tensor | None,
-                      has_position_0: bool) -> bool:  # fmt: skip
-    """Whether one kept question is still answered correctly with SAEBench's clamp at the hook, after the
-    (clamped) shared head."""
-    x = clamp_piece(q.acts.to(model.cfg.device, model.cfg.dtype), sae, features, multiplier, has_position_0)
-    conts = pad_rows(list(x[q.own :].split([len(c) for c in q.choices]))) if q.choices else None
-    ran = run_prompt(model, head, x[None, : q.own], conts, first_block)
-    return int(choice_scores(model, ran, q.choices, answer_ids).argmax()) == q.answer
+def answers_with_clamp(model: Any, sae: Any, head: TransformerLensKeyValueCache, qs: list[KeptQuestion],
+                       features: list[int], multiplier: int, first_block: int, answer_ids: torch.Tensor | None,
+                       has_position_0: bool) -> list[bool]:  # fmt: skip
+    """Whether each kept question is still answered correctly with SAEBench's clamp at the hook, after the
+    (clamped) shared head; the questions run as one batch (``run_prompts``)."""
+    xs = [clamp_piece(q.acts.to(model.cfg.device, model.cfg.dtype), sae, features, multiplier, has_position_0) for q in qs]
+    conts = [list(x[q.own :].split([len(c) for c in q.choices])) for x, q in zip(xs, qs, strict=True)]
+    ran = run_prompts(model, head, [x[: q.own] for x, q in zip(xs, qs, strict=True)],
+                      conts if qs[0].choices else None, first_block)  # fmt: skip
+    return [int(choice_scores(model, r, q.choices, answer_ids).argmax()) == q.answer for r, q in zip(ran, qs, strict=True)]

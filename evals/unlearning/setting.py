@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evals.unlearning.clamp import answer_with_clamp, clamped_head
+from evals.unlearning.clamp import answers_with_clamp, clamped_head
 from evals.unlearning.stored import KeptQuestion
 
 
@@ -67,10 +67,15 @@ class SettingAnswers:
 
     correct: list[bool | None]
     run: int
-    """Questions run through the model."""
+    """Questions answered, in order (a setting that stopped ran the rest of its last batch unread)."""
     stopped: bool = False
     retain_at_most: float | None = None
     """When stopped: the pooled retain accuracy's upper bound (already below the bar)."""
+
+
+QUESTIONS_PER_RUN = 16
+"""Questions batched into one model run (``forward.run_prompts``). A setting that stops at the retain bar
+reads its answers in order and ignores the rest of its last batch, so the score does not depend on it."""
 
 
 def answer_setting(
@@ -87,13 +92,16 @@ def answer_setting(
         return SettingAnswers(correct, 0)
     head = clamped_head(model, sae, head_acts, features, multiplier, first_block)
     wrong = 0
-    for n_run, i in enumerate(order, start=1):
-        correct[i] = answer_with_clamp(model, sae, head, qs[i], features, multiplier, first_block, answer_ids,
-                                       has_position_0=head_acts is None)  # fmt: skip
-        if qs[i].dataset > 0 and not correct[i]:
-            wrong += 1
-            at_most = (len(retain) - wrong) / len(retain)
-            if not full and at_most < bar:
-                return SettingAnswers([c if qs[j].dataset > 0 else None for j, c in enumerate(correct)], n_run,
-                                      stopped=True, retain_at_most=at_most)  # fmt: skip
+    for start in range(0, len(order), QUESTIONS_PER_RUN):
+        batch = order[start : start + QUESTIONS_PER_RUN]
+        answers = answers_with_clamp(model, sae, head, [qs[i] for i in batch], features, multiplier, first_block,
+                                     answer_ids, has_position_0=head_acts is None)  # fmt: skip
+        for n_run, (i, ok) in enumerate(zip(batch, answers, strict=True), start=start + 1):
+            correct[i] = ok
+            if qs[i].dataset > 0 and not ok:
+                wrong += 1
+                at_most = (len(retain) - wrong) / len(retain)
+                if not full and at_most < bar:
+                    return SettingAnswers([c if qs[j].dataset > 0 else None for j, c in enumerate(correct)], n_run,
+                                          stopped=True, retain_at_most=at_most)  # fmt: skip
     return SettingAnswers(correct, len(order))

@@ -52,6 +52,7 @@ from evals.unlearning.forward import (
     pad_rows,
     run_piece,
     run_prompt,
+    run_prompts,
     start_layer,
 )
 from evals.unlearning.prepare import _own_and_conts, prepare
@@ -215,6 +216,7 @@ def test_cached_pieces_equal_one_pass_over_each_full_sequence(model_tok, tiny_ru
     first = start_layer(cfg.model.hook, cfg.model.layer)
     from_hook = new_cache(model)
     run_piece(model, head_acts, from_hook, first)
+    owns, conts, wants = [], [], []
     for q in prompts:
         ran = run_prompt(model, head, *_own_and_conts(q, h, "cpu"), 0, cfg.model.hook)
         cached = choice_scores(model, ran, q.choices, None)
@@ -226,10 +228,16 @@ def test_cached_pieces_equal_one_pass_over_each_full_sequence(model_tok, tiny_ru
         # the evaluate path: hook activations in, only the blocks after the hook run
         acts = torch.cat([ran.own_acts] + [ran.conts_acts[j, : len(c)] for j, c in enumerate(q.choices)])
         own = len(q.tokens) - h
-        conts = pad_rows(list(acts[own:].split([len(c) for c in q.choices])))
-        again = run_prompt(model, from_hook, acts[None, :own], conts, first)
+        again = run_prompt(model, from_hook, acts[None, :own], pad_rows(list(acts[own:].split([len(c) for c in q.choices]))), first)
         scores = choice_scores(model, again, q.choices, None)
         torch.testing.assert_close(scores, torch.tensor(want), atol=1e-4, rtol=0)
+        owns.append(acts[:own])
+        conts.append(list(acts[own:].split([len(c) for c in q.choices])))
+        wants.append(torch.tensor(want))
+    # the prompts batched (evaluate's path): own rows of different lengths, then all continuations at once
+    assert len({len(o) for o in owns}) > 1 and len({len(r) for c in conts for r in c}) > 1
+    for q, ran, want in zip(prompts, run_prompts(model, from_hook, owns, conts, first), wants, strict=True):
+        torch.testing.assert_close(choice_scores(model, ran, q.choices, None), want, atol=1e-4, rtol=0)
 
 
 def test_weights_stored_as_read_change_nothing_but_speed(model_tok) -> None:
