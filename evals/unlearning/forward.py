@@ -154,8 +154,9 @@ def run_prompts(model: Any, head: TransformerLensKeyValueCache, owns: list[torch
     its tokens and its continuations, so it is masked out of attention, and rotary positions count real
     tokens only; trailing padding needs no mask (causal attention never reads ahead). Each row computes
     what its own run computes, up to float rounding, in two model calls instead of two per prompt: on
-    this CPU, where a prompt's run is already matmul-bound, 6% less time per SAE (docs/BENCHMARKS.md);
-    on a GPU, where one prompt's small kernels leave it idle, the batch is what fills it."""
+    this CPU, where a prompt's run is already mostly matmul, 6-28% less time per SAE in two measurements
+    (docs/BENCHMARKS.md); on a GPU, where one prompt's small kernels leave it idle, the batch is what
+    fills it (not measured)."""
     device = owns[0].device
     own_len = [len(o) for o in owns]
     n_head = head.entries[first_block].past_keys.shape[1]  # a head run from activations leaves no mask in the cache
