@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import sklearn
 import torch
 from sae_bench.evals.absorption import k_sparse_probing as ksp
 from sae_bench.evals.absorption import probing
@@ -45,10 +44,74 @@ def k_sparse_metrics(
             eval_batch_size=p.eval_k_sparse_probe_batch_size,
         )  # fmt: skip
         metadata = ksp.sae_k_sparse_metadata(sae, probe, k_probes, sae_name=sae_name, layer=layer)
-        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):  # ~2,000 metric calls
-            metrics_df = ksp.build_metrics_df(raw_df, metadata, max_k_value=p.max_k_value)
+    metrics_df = metrics_table(raw_df, metadata, max_k_value=p.max_k_value)
     ksp.add_feature_splits_to_metrics_df(metrics_df, max_k_value=p.max_k_value, f1_jump_threshold=p.f1_jump_threshold)
     return raw_df, metrics_df
+
+
+def metrics_table(raw_df: pd.DataFrame, metadata_df: pd.DataFrame, max_k_value: int) -> pd.DataFrame:
+    """sae-bench's ``build_metrics_df``, same columns in the same order, from counts instead of its ~2,200
+    sklearn metric calls per SAE (half of this eval's time). Precision, recall and F1 are sklearn's binary
+    formulas with its 0 for an empty denominator, so they are equal exactly; AUC is the Mann-Whitney form
+    with ties counted half, which equals sklearn's trapezoid ROC area up to float rounding."""
+    meta = {(row["letter"], row["k"]): row for row in metadata_df.to_dict("records")}
+    layer, sae_name = metadata_df["layer"].iloc[0], metadata_df["sae_name"].iloc[0]
+    answers = raw_df["answer_letter"].to_numpy()
+    rows = []
+    for letter in LETTERS:
+        y = answers == letter
+        probe_score = raw_df[f"score_probe_{letter}"].to_numpy()
+        f1, recall, precision = _prf(y, probe_score > 0.0)
+        row: dict[str, Any] = {
+            "auc_probe": roc_auc(y, probe_score), "f1_probe": f1, "recall_probe": recall,
+            "precision_probe": precision, "letter": letter, "layer": layer, "sae_name": sae_name,
+        }  # fmt: skip
+        for k in range(1, max_k_value + 1):
+            score = raw_df[f"score_sparse_sae_{letter}_k_{k}"].to_numpy()
+            total = raw_df[f"sum_sparse_sae_{letter}_k_{k}"].to_numpy()
+            m = meta[(letter, k)]
+            row[f"auc_sparse_sae_{k}"] = roc_auc(y, score)
+            f1, recall, precision = _prf(y, score > 0.0)
+            row[f"f1_sparse_sae_{k}"], row[f"recall_sparse_sae_{k}"], row[f"precision_sparse_sae_{k}"] = f1, recall, precision
+            row[f"auc_sum_sparse_sae_{k}"] = roc_auc(y, total)
+            f1, recall, precision = _prf(y, total > ksp.EPS)
+            row[f"f1_sum_sparse_sae_{k}"], row[f"recall_sum_sparse_sae_{k}"] = f1, recall
+            row[f"precision_sum_sparse_sae_{k}"] = precision
+            row[f"sparse_sae_k_{k}_feats"] = m["feats"]
+            row[f"cos_probe_sae_enc_k_{k}"], row[f"cos_probe_sae_dec_k_{k}"] = m["cos_probe_sae_enc"], m["cos_probe_sae_dec"]
+            row[f"sparse_sae_k_{k}_weights"], row[f"sparse_sae_k_{k}_bias"] = m["weights"], m["bias"]
+            row["layer"], row["sae_name"] = m["layer"], m["sae_name"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _prf(y: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
+    """sklearn's binary (F1, recall, precision) for positive label True, 0.0 where a denominator is 0."""
+    tp, true_sum, pred_sum = float(np.sum(y & pred)), float(np.sum(y)), float(np.sum(pred))
+    f1 = 2.0 * tp / (true_sum + pred_sum) if true_sum + pred_sum else 0.0
+    return f1, (tp / true_sum if true_sum else 0.0), (tp / pred_sum if pred_sum else 0.0)
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve as the chance a positive outscores a negative (ties half); raises like
+    sklearn's ``roc_auc_score`` when only one class is present."""
+    n_pos = int(np.sum(y))
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("Only one class is present in y_true. ROC AUC score is not defined in that case.")
+    return float((average_ranks(score)[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank (``scipy.stats.rankdata``'s default, without importing
+    scipy.stats, which costs more than the whole table)."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], values.size]
+    ranks = np.empty(values.size)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
 
 
 def likely_false_negatives(metrics_df: pd.DataFrame, raw_df: pd.DataFrame) -> dict[str, dict[str, Any]]:

@@ -14,8 +14,11 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from sae_bench.evals.absorption import k_sparse_probing as ksp
 from sae_bench.evals.absorption import feature_absorption as fa
 from sae_bench.evals.absorption import feature_absorption_calculator as fac
 from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
@@ -29,7 +32,7 @@ from evals.absorption.activations import activations_at, tokenize_prompts
 from evals.absorption.calculator import absorption_scores
 from evals.absorption.config import AbsorptionParams
 from evals.absorption.evaluate import evaluate
-from evals.absorption.k_sparse import k_sparse_metrics, likely_false_negatives
+from evals.absorption.k_sparse import average_ranks, k_sparse_metrics, likely_false_negatives, metrics_table
 from evals.absorption.prepare import prepare
 from evals.absorption.probe import letters_passing, probe_from_tensors
 from evals.absorption.prompts import alpha_vocab, icl_prompts, letter_of, seeded_global_random, split_vocab
@@ -110,6 +113,15 @@ def test_absorption_arithmetic_on_a_toy_sae() -> None:
     assert [r.probe_projection for r in res] == pytest.approx([0.5, 4.0, 3.0, 3.0])
     assert res[0].top_projection_feature_scores[0].feature_id == 1
     assert res[0].main_feature_scores[0].activation == 0.0 and res[2].main_feature_scores[0].activation == 1.5
+
+
+def test_average_ranks_equal_scipy_rankdata_with_ties() -> None:
+    import scipy.stats
+
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 7, 50, 301):
+        values = rng.integers(0, 4, size).astype(np.float32)  # many ties
+        assert np.array_equal(average_ranks(values), scipy.stats.rankdata(values))
 
 
 def test_too_few_letters_passing_the_probe_gate_raises_like_saebench_stops() -> None:
@@ -279,6 +291,38 @@ def test_calculator_matches_saebench_running_the_model(
     fractions = [o.absorption_fraction for o in compared]
     assert 0.0 in fractions and any(f > 0 for f in fractions) and any(o.is_full_absorption for o in compared)
     assert sum(o.top_projection_feature_scores[0].activation > 0 for o in compared) > len(compared) // 2
+
+
+def test_metrics_table_equals_saebench_build_metrics_df(k_sparse: tuple) -> None:
+    """Our counts-based table against sae-bench's sklearn one: the fixture's raw scores, and the same rows
+    with one letter never predicted (empty denominators) and every score tied at 0 for another (AUC 0.5)."""
+    raw_df, _ = k_sparse
+    rng = np.random.default_rng(0)
+    metadata = pd.DataFrame([
+        {"layer": 3, "sae_name": "btk-s0", "letter": letter, "k": k, "feats": rng.integers(0, 64, k),
+         "cos_probe_sae_enc": rng.normal(size=k), "cos_probe_sae_dec": rng.normal(size=k),
+         "weights": rng.normal(size=k), "bias": float(rng.normal())}
+        for letter in LETTERS for k in range(1, PARAMS.max_k_value + 1)
+    ])  # fmt: skip
+    edited = raw_df.copy()
+    for k in range(1, PARAMS.max_k_value + 1):
+        edited[f"score_sparse_sae_a_k_{k}"] = -1.0
+        edited[f"sum_sparse_sae_b_k_{k}"] = 0.0
+    for raw in (raw_df, edited):
+        ref = ksp.build_metrics_df(raw, metadata, max_k_value=PARAMS.max_k_value)
+        ours = metrics_table(raw, metadata, max_k_value=PARAMS.max_k_value)
+        assert list(ours.columns) == list(ref.columns)
+        for column in ref.columns:
+            for r, o in zip(ref[column], ours[column]):
+                if column.startswith("auc"):
+                    assert o == pytest.approx(r, abs=1e-12), column
+                elif isinstance(r, np.ndarray):
+                    assert np.array_equal(o, r), column
+                else:
+                    assert o == r, column
+    assert ours.loc[ours["letter"] == "a", "f1_sparse_sae_1"].item() == 0.0
+    assert ours.loc[ours["letter"] == "b", "auc_sum_sparse_sae_1"].item() == 0.5
+    assert ref["f1_sparse_sae_1"].between(0.0, 1.0).all() and ref["f1_sparse_sae_3"].gt(0).any()
 
 
 def test_false_negative_selection_matches_saebench(prepared: Prepared, k_sparse: tuple, tmp_path: Path) -> None:
