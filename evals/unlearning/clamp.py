@@ -11,7 +11,7 @@ from sae_bench.evals.unlearning.utils.intervention import (
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from evals.unlearning.forward import new_cache, run_piece, run_prompts
-from evals.unlearning.scoring import choice_scores
+from evals.unlearning.scoring import choice_scores_many
 from evals.unlearning.stored import KeptQuestion
 
 
@@ -51,4 +51,5 @@ def answers_with_clamp(model: Any, sae: Any, head: TransformerLensKeyValueCache,
     conts = [list(x[q.own :].split([len(c) for c in q.choices])) for x, q in zip(xs, qs, strict=True)]
     ran = run_prompts(model, head, [x[: q.own] for x, q in zip(xs, qs, strict=True)],
                       conts if qs[0].choices else None, first_block)  # fmt: skip
-    return [int(choice_scores(model, r, q.choices, answer_ids).argmax()) == q.answer for r, q in zip(ran, qs, strict=True)]
+    scores = choice_scores_many(model, ran, [q.choices for q in qs], answer_ids)
+    return [int(s.argmax()) == q.answer for s, q in zip(scores, qs, strict=True)]

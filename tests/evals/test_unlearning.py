@@ -63,7 +63,7 @@ from evals.unlearning.prompts import (
     encode,
     shared_head,
 )
-from evals.unlearning.scoring import choice_scores
+from evals.unlearning.scoring import choice_scores, choice_scores_many
 from evals.unlearning.setting import SettingAnswers, reach
 from evals.unlearning.stored import (
     CORPUS_ACTS,
@@ -203,7 +203,7 @@ def full_sequence_logprobs(model, tokens: list[int]) -> torch.Tensor:
 
 def test_cached_pieces_equal_one_pass_over_each_full_sequence(model_tok, tiny_run) -> None:
     """Head / prompt / continuations on a key-value cache, from tokens and from hook activations, give
-    the scores a plain full-sequence pass gives. Tolerance 1e-4 on summed log-probabilities (8e-6 seen, batched and one at a time)."""
+    the scores a plain full-sequence pass gives. Tolerance 1e-4 on summed log-probabilities (8e-6 seen, batched and one at a time, scored one by one or together)."""
     cfg, _, _ = tiny_run
     model, tok = model_tok
     rows = [fx.FORGET_MCQ[0], fx.FORGET_MCQ[5], fx.RETAIN_MCQ["FIXTURE-history"][3]]
@@ -236,8 +236,12 @@ def test_cached_pieces_equal_one_pass_over_each_full_sequence(model_tok, tiny_ru
         wants.append(torch.tensor(want))
     # the prompts batched (evaluate's path): own rows of different lengths, then all continuations at once
     assert len({len(o) for o in owns}) > 1 and len({len(r) for c in conts for r in c}) > 1
-    for q, ran, want in zip(prompts, run_prompts(model, from_hook, owns, conts, first), wants, strict=True):
+    batched = run_prompts(model, from_hook, owns, conts, first)
+    for q, ran, want in zip(prompts, batched, wants, strict=True):
         torch.testing.assert_close(choice_scores(model, ran, q.choices, None), want, atol=1e-4, rtol=0)
+    # and scored with one unembedding for all of them (evaluate's path)
+    for got, want in zip(choice_scores_many(model, batched, [q.choices for q in prompts], None), wants, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
 
 
 def test_weights_stored_as_read_change_nothing_but_speed(model_tok) -> None:
@@ -282,6 +286,9 @@ def test_letter_scoring_matches_saebench_get_output_probs_abcd(model_tok, monkey
     ids = answer_token_ids(tok)
     ours = torch.stack([score(model, head, q, h, ids) for q in prompts])
     torch.testing.assert_close(ours, ref.float(), atol=1e-4, rtol=0)
+    rans = [run_prompt(model, head, *_own_and_conts(q, h, "cpu"), 0) for q in prompts]
+    together = torch.stack(choice_scores_many(model, rans, [q.choices for q in prompts], ids))
+    torch.testing.assert_close(together, ref.float(), atol=1e-4, rtol=0)
     assert torch.equal(ours.argmax(1), ref.argmax(1))
 
 
