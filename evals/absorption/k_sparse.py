@@ -61,22 +61,14 @@ def metrics_table(raw_df: pd.DataFrame, metadata_df: pd.DataFrame, max_k_value: 
     for letter in LETTERS:
         y = answers == letter
         probe_score = raw_df[f"score_probe_{letter}"].to_numpy()
-        f1, recall, precision = _prf(y, probe_score > 0.0)
-        row: dict[str, Any] = {
-            "auc_probe": roc_auc(y, probe_score), "f1_probe": f1, "recall_probe": recall,
-            "precision_probe": precision, "letter": letter, "layer": layer, "sae_name": sae_name,
-        }  # fmt: skip
+        row: dict[str, Any] = {**_scored("probe", y, probe_score, probe_score > 0.0),
+                               "letter": letter, "layer": layer, "sae_name": sae_name}  # fmt: skip
         for k in range(1, max_k_value + 1):
             score = raw_df[f"score_sparse_sae_{letter}_k_{k}"].to_numpy()
             total = raw_df[f"sum_sparse_sae_{letter}_k_{k}"].to_numpy()
             m = meta[(letter, k)]
-            row[f"auc_sparse_sae_{k}"] = roc_auc(y, score)
-            f1, recall, precision = _prf(y, score > 0.0)
-            row[f"f1_sparse_sae_{k}"], row[f"recall_sparse_sae_{k}"], row[f"precision_sparse_sae_{k}"] = f1, recall, precision
-            row[f"auc_sum_sparse_sae_{k}"] = roc_auc(y, total)
-            f1, recall, precision = _prf(y, total > ksp.EPS)
-            row[f"f1_sum_sparse_sae_{k}"], row[f"recall_sum_sparse_sae_{k}"] = f1, recall
-            row[f"precision_sum_sparse_sae_{k}"] = precision
+            row |= _scored(f"sparse_sae_{k}", y, score, score > 0.0)
+            row |= _scored(f"sum_sparse_sae_{k}", y, total, total > ksp.EPS)
             row[f"sparse_sae_k_{k}_feats"] = m["feats"]
             row[f"cos_probe_sae_enc_k_{k}"], row[f"cos_probe_sae_dec_k_{k}"] = m["cos_probe_sae_enc"], m["cos_probe_sae_dec"]
             row[f"sparse_sae_k_{k}_weights"], row[f"sparse_sae_k_{k}_bias"] = m["weights"], m["bias"]
@@ -85,11 +77,16 @@ def metrics_table(raw_df: pd.DataFrame, metadata_df: pd.DataFrame, max_k_value: 
     return pd.DataFrame(rows)
 
 
-def _prf(y: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
-    """sklearn's binary (F1, recall, precision) for positive label True, 0.0 where a denominator is 0."""
+def _scored(name: str, y: np.ndarray, score: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """``auc_``, ``f1_``, ``recall_`` and ``precision_`` + name, in sae-bench's column order: sklearn's
+    binary formulas for positive label True, 0.0 where a denominator is 0."""
     tp, true_sum, pred_sum = float(np.sum(y & pred)), float(np.sum(y)), float(np.sum(pred))
-    f1 = 2.0 * tp / (true_sum + pred_sum) if true_sum + pred_sum else 0.0
-    return f1, (tp / true_sum if true_sum else 0.0), (tp / pred_sum if pred_sum else 0.0)
+    return {
+        f"auc_{name}": roc_auc(y, score),
+        f"f1_{name}": 2.0 * tp / (true_sum + pred_sum) if true_sum + pred_sum else 0.0,
+        f"recall_{name}": tp / true_sum if true_sum else 0.0,
+        f"precision_{name}": tp / pred_sum if pred_sum else 0.0,
+    }
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
