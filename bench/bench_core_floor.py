@@ -15,24 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
+from bench_trainer import time_steps
 
 D_MODEL, D_KV, D_MLP, D_VOCAB = 576, 192, 1536, 49_152
 PER_BLOCK = {"q, o": ((D_MODEL, D_MODEL), 2), "k, v": ((D_MODEL, D_KV), 2),
              "mlp gate, up": ((D_MODEL, D_MLP), 2), "mlp down": ((D_MLP, D_MODEL), 1)}  # fmt: skip
 
 
-def seconds(tokens: int, k: int, m: int, reps: int = 5) -> float:
+def seconds(tokens: int, k: int, m: int) -> float:
     """Mean wall time of a (tokens x k) @ (k x m) fp32 matmul, after one warm-up."""
     a, b = torch.randn(tokens, k), torch.randn(k, m)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return (time.perf_counter() - start) / reps
+    return time_steps(lambda: a @ b, warmup=1, steps=5)
 
 
 def main() -> None:
@@ -41,15 +37,14 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=18)
     ap.add_argument("--out", type=Path, default=Path("bench/results/core_floor.json"))
     args = ap.parse_args()
-    total, out = 0.0, {"tokens": args.tokens, "blocks": args.blocks, "threads": torch.get_num_threads(), "matmuls": {}}
+    out = {"tokens": args.tokens, "blocks": args.blocks, "threads": torch.get_num_threads(), "matmuls": {}}
     rows = [(name, shape, n * args.blocks) for name, (shape, n) in PER_BLOCK.items()] + [("unembed", (D_MODEL, D_VOCAB), 1)]
     for name, (k, m), count in rows:
         dt = seconds(args.tokens, k, m)
-        total += dt * count
         gflops = 2 * args.tokens * k * m / dt / 1e9
         out["matmuls"][name] = {"shape": [k, m], "count": count, "seconds": dt, "gflop_per_s": gflops}
         print(f"{name:14s} {k}x{m}: {gflops:6.0f} GFLOP/s, {dt * 1e3:7.1f} ms x {count}")
-    out["floor_s"] = total
+    out["floor_s"] = total = sum(r["seconds"] * r["count"] for r in out["matmuls"].values())
     args.out.write_text(json.dumps(out, indent=1))
     print(f"threads {torch.get_num_threads()}; matmul floor of one tail pass over {args.tokens} tokens: {total:.2f} s")
 
