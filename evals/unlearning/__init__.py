@@ -13,6 +13,6 @@ def prep_bytes(params: dict[str, Any], size: PrepSize) -> int:
 
 
 EVAL = EvalDef(
-    name="unlearning", version=2, config=UnlearningParams, package="evals.unlearning", reported=output.REPORTED,
+    name="unlearning", version=3, config=UnlearningParams, package="evals.unlearning", reported=output.REPORTED,
     prep="unlearning", prep_exclude=SAE_ONLY, prep_bytes=prep_bytes,
 )

@@ -84,17 +84,20 @@ def evaluate(
     reached = None if p.full_sweep else reach(sae, head_acts, qs, latents, device, dtype)
     done: dict[tuple[tuple[int, ...], int], SettingAnswers] = {}
     answers = []
+    suspects: list[int] = []  # retain questions earlier settings got wrong, the latest setting's first
     with env.reporter.bar(f"unlearning {env.label}", total=len(settings), unit="setting") as bar, \
-            weights_stored_as_read(model):  # fmt: skip
+            weights_stored_as_read(model, first_block):  # fmt: skip
         for s in settings:
             key = (tuple(s["features"]), s["multiplier"])
             if key not in done:  # n larger than the candidates repeats a setting; none selected changes nothing
                 touched = reached.touched(s["features"]) if reached is not None else None
                 done[key] = SettingAnswers([True] * len(qs), 0) if not s["features"] else answer_setting(
                     model, sae, head_acts, qs, s["features"], s["multiplier"], first_block, answer_ids, touched,
-                    RETAIN_ACCURACY_BAR,
+                    RETAIN_ACCURACY_BAR, suspects,
                 )  # fmt: skip
             a = done[key]
+            broke = [i for i, ok in enumerate(a.correct) if ok is False and qs[i].dataset > 0]
+            suspects = broke + [i for i in suspects if i not in broke]
             answers.append(a)
             state = (f"retain < {RETAIN_ACCURACY_BAR} after {a.run} questions" if a.stopped else
                      f"forget acc {np.mean([c for c, q in zip(a.correct, qs, strict=True) if q.dataset == 0]):.2f}")

@@ -1,7 +1,7 @@
 """One clamp setting's answers, computing only what SAEBench's score reads.
 
-Per setting SAEBench runs the model on every kept question with the clamp. Two shortcuts leave the score
-unchanged and skip most of that work; ``full_sweep: true`` turns both off:
+Per setting SAEBench runs the model on every kept question with the clamp. Three shortcuts leave the score
+unchanged and skip most of that work; ``full_sweep: true`` turns them off:
 
 - **Untouched questions.** Where no selected latent is active (> 0) at any position of a question, nor of
   the shared head, SAEBench's hook returns ``resid - decode(f) + decode(f)``: the residual itself up to
@@ -11,10 +11,16 @@ unchanged and skip most of that work; ``full_sweep: true`` turns both off:
   is out of reach, the setting stops. Its retain accuracy is then recorded as that upper bound (below the
   bar, so the score rule drops the setting as it would with the exact value) and its forget accuracy is
   not computed.
+- **Suspects first.** The stop comes at a fixed count of wrong retain answers, whatever their order, so the
+  order changes how soon a setting stops and nothing else. The retain questions an earlier setting got
+  wrong go first, in a run of their own: the settings clamp overlapping latents, and a question one
+  of them breaks is often broken by the next (on one of the benchmark's SAEs, 2 of the 3 later settings
+  then stopped after 1–2 questions instead of 16–48).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,22 +84,31 @@ QUESTIONS_PER_RUN = 16
 reads its answers in order and ignores the rest of its last batch, so the score does not depend on it."""
 
 
+def batches(suspects: list[int], rest: list[int]) -> list[list[int]]:
+    """The runs of a setting: the suspects on their own (so a setting they stop costs only them), then
+    the rest ``QUESTIONS_PER_RUN`` at a time."""
+    runs = [suspects[i : i + QUESTIONS_PER_RUN] for i in range(0, len(suspects), QUESTIONS_PER_RUN)]
+    return runs + [rest[i : i + QUESTIONS_PER_RUN] for i in range(0, len(rest), QUESTIONS_PER_RUN)]
+
+
 def answer_setting(
     model: Any, sae: Any, head_acts: torch.Tensor | None, qs: list[KeptQuestion], features: list[int],
     multiplier: int, first_block: int, answer_ids: torch.Tensor | None, touched: np.ndarray | None, bar: float,
+    suspects: Sequence[int] = (),
 ) -> SettingAnswers:  # fmt: skip
-    """Answer the setting's questions, retain first. ``touched`` None: every question runs and nothing
-    stops (SAEBench's full sweep)."""
+    """Answer the setting's questions, retain first, ``suspects`` (retain questions an earlier setting got
+    wrong) before the other retain questions. ``touched`` None: every question runs in plain order and
+    nothing stops (SAEBench's full sweep)."""
     full = touched is None
     correct: list[bool | None] = [None if full or touched[i] else True for i in range(len(qs))]
     retain = [i for i, q in enumerate(qs) if q.dataset > 0]
-    order = [i for i in [*retain, *(i for i, q in enumerate(qs) if q.dataset == 0)] if correct[i] is None]
-    if not order:
+    first = [] if full else list(dict.fromkeys(i for i in suspects if qs[i].dataset > 0 and correct[i] is None))
+    rest = [i for i in [*retain, *(i for i, q in enumerate(qs) if q.dataset == 0)] if correct[i] is None and i not in first]
+    if not first and not rest:
         return SettingAnswers(correct, 0)
     head = clamped_head(model, sae, head_acts, features, multiplier, first_block)
-    wrong = 0
-    for start in range(0, len(order), QUESTIONS_PER_RUN):
-        batch = order[start : start + QUESTIONS_PER_RUN]
+    wrong, start = 0, 0
+    for batch in batches(first, rest):
         answers = answers_with_clamp(model, sae, head, [qs[i] for i in batch], features, multiplier, first_block,
                                      answer_ids, has_position_0=head_acts is None)  # fmt: skip
         for n_run, (i, ok) in enumerate(zip(batch, answers, strict=True), start=start + 1):
@@ -104,4 +119,5 @@ def answer_setting(
                 if not full and at_most < bar:
                     return SettingAnswers([c if qs[j].dataset > 0 else None for j, c in enumerate(correct)], n_run,
                                           stopped=True, retain_at_most=at_most)  # fmt: skip
-    return SettingAnswers(correct, len(order))
+        start += len(batch)
+    return SettingAnswers(correct, start)

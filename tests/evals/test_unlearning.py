@@ -3,6 +3,7 @@ a trained tiny SAE. Parity tests run sae-bench's own functions on the same input
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 from collections import Counter
@@ -64,7 +65,7 @@ from evals.unlearning.prompts import (
     shared_head,
 )
 from evals.unlearning.scoring import choice_scores, choice_scores_many
-from evals.unlearning.setting import SettingAnswers, reach
+from evals.unlearning.setting import SettingAnswers, answer_setting, reach
 from evals.unlearning.stored import (
     CORPUS_ACTS,
     MCQ_ACTS,
@@ -262,6 +263,8 @@ def test_weights_stored_as_read_change_nothing_but_speed(model_tok) -> None:
     assert torch.equal(before, during)
     assert all(b.mlp.W_gate.is_contiguous() and b.mlp.W_out.is_contiguous() for b in model.blocks)
     assert all(p.is_contiguous() for b in model.blocks for p in b.attn.parameters())
+    with weights_stored_as_read(model, from_block=1):  # the blocks before a run's first are left as they are
+        assert model.blocks[0].mlp.W_gate.is_contiguous() and model.blocks[1].mlp.W_gate.T.is_contiguous()
 
 
 def test_letter_scoring_matches_saebench_get_output_probs_abcd(model_tok, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -430,6 +433,33 @@ def test_a_question_no_selected_latent_reaches_is_unchanged_by_saebench_clamp(pr
         out = clamp_piece(q.acts, sae, rare, 100, has_position_0=False)
         changed = (out - q.acts).abs().max().item()
         assert (changed > 1.0) if t else (changed < 1e-4), (t, changed)
+
+
+def test_suspects_first_stop_a_setting_sooner_at_the_same_bound(prepared, sae, model_tok) -> None:
+    """A retain question the clamp breaks, asked first (as a later setting asks those an earlier one broke):
+    the setting stops after it alone, with the bound plain order gives (the stop comes at a fixed count
+    of wrong retain answers, whatever their order)."""
+    prep, _, _ = prepared
+    model, _ = model_tok
+    qs = kept_questions(prep)
+    head_acts = prep.tensor(MCQ_HEAD) if prep.meta["head_length"] else None
+    reached = reach(sae, head_acts, qs, list(range(sae.cfg.d_sae)), "cpu", torch.float32)
+    by_use = [int(f) for f in np.argsort(-reached.questions.sum(axis=0))]  # the latents most questions use first
+    retain = [i for i, q in enumerate(qs) if q.dataset > 0]
+    for n, mult in itertools.product((20, 10, 5), (400, 100)):  # a clamp that breaks a retain question but not the first
+        args = (model, sae, head_acts, qs, by_use[:n], mult, prep.meta["first_block_after_hook"], None)
+        full = answer_setting(*args, None, 0.99)
+        broken = [i for i in retain[1:] if full.correct[i] is False]
+        if broken:
+            break
+    assert broken, "no clamp of the fixture breaks a retain question after the first"
+    touched = reached.touched(by_use[:n])
+    plain = answer_setting(*args, touched, 0.99)
+    first = answer_setting(*args, touched, 0.99, suspects=[broken[-1]])
+    assert plain.stopped and first.stopped and first.retain_at_most == plain.retain_at_most
+    asked = [i for i in retain if touched[i]]  # plain order: the retain questions the clamp reaches
+    assert plain.run == 1 + min(asked.index(i) for i in retain if full.correct[i] is False) and first.run == 1
+    assert first.correct[broken[-1]] is False and sum(c is not None for c in first.correct) == 1
 
 
 @pytest.mark.parametrize("multipliers", [[5, 400]])
