@@ -39,6 +39,10 @@ def test_tensor_larger_than_the_bound_is_cut_and_reloads_bit_identical(tmp_path:
     streamed = list(ChunkedReader(tmp_path, "acts").batches(64))
     assert [len(b) for b in streamed] == [64] * 10 + [60]
     assert torch.equal(torch.cat(streamed).view(torch.int32), big.view(torch.int32))
+    for rows, sizes in ((300, [300, 300, 100]), (700, [700]), (1000, [700])):  # batches wider than a part
+        streamed = list(ChunkedReader(tmp_path, "acts").batches(rows))
+        assert [len(b) for b in streamed] == sizes
+        assert torch.equal(torch.cat(streamed).view(torch.int32), big.view(torch.int32))
 
 
 def test_dtypes_and_small_tensors_round_trip(tmp_path: Path) -> None:

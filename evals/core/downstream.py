@@ -11,7 +11,7 @@ from torch import Tensor
 
 from evals.contract import Prepared
 from evals.core.config import CoreConfig
-from evals.core.measures import clean_side, counted_ce, counted_kl, special_mask
+from evals.core.measures import clean_side, counted_ce, kl_of_log_probs, special_mask
 from evals.core.prepare import (
     ACTS,
     CE_ABLATED,
@@ -23,6 +23,7 @@ from evals.core.prepare import (
     TOKENS,
 )
 from evals.core.tail import Replace, Tail
+from pipeline.models.read_layout import weights_stored_as_read
 
 
 def splice(sae: Any, mask: Tensor) -> Replace:
@@ -44,13 +45,14 @@ def downstream_metrics(prepared: Prepared, sae: Any, model: Any, hook: str, p: C
     stored = CLEAN_PROBS in prepared.names()
     cleans = zip(prepared.batches(CLEAN_PROBS, b), prepared.batches(CLEAN_PLOGP, b)) if stored else None
     kl_sae, ce_sae = [], []
-    for _, batch, start in zip(range(p.n_reconstruction_batches), prepared.batches(TOKENS, b), starts):
-        batch, start = batch.to(device), start.to(device)
-        mask = special_mask(batch, ignore)
-        logits, ce = tail.run(model, start, batch, splice(sae, mask))
-        probs, plogp = (t.to(device) for t in next(cleans)) if cleans is not None else clean_side(tail.run(model, start, batch)[0])
-        kl_sae.append(counted_kl(probs, plogp, logits, mask))
-        ce_sae.append(counted_ce(ce, mask))
+    with weights_stored_as_read(model, tail.start_layer, unembed=True):
+        for _, batch, start in zip(range(p.n_reconstruction_batches), prepared.batches(TOKENS, b), starts):
+            batch, start = batch.to(device), start.to(device)
+            mask = special_mask(batch, ignore)
+            log_q, ce = tail.run(model, start, batch, splice(sae, mask))
+            probs, plogp = (t.to(device) for t in next(cleans)) if cleans is not None else clean_side(tail.logits(model, start, batch)[0])
+            kl_sae.append(kl_of_log_probs(probs, plogp, log_q)[mask])
+            ce_sae.append(counted_ce(ce, mask))
     kl_with_sae, ce_with_sae = torch.cat(kl_sae).mean().item(), torch.cat(ce_sae).mean().item()
     kl_ablation = prepared.tensor(KL_ABLATED).mean().item()
     ce_clean, ce_ablation = prepared.tensor(CE_CLEAN).mean().item(), prepared.tensor(CE_ABLATED).mean().item()

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from evals.core.measures import next_token_ce
 from pipeline.config.model import HOOK_RE
 
 Replace = Callable[[Tensor], Tensor]
@@ -50,19 +52,26 @@ class Tail:
         """The tail's input is the SAE hook's activations themselves (no separate residual to cache)."""
         return self.start_hook == self.splice_hook
 
-    def run(self, model: Any, start: Tensor, tokens: Tensor, replace: Replace | None = None) -> tuple[Tensor, Tensor]:
-        """(logits, per-token CE) of the full model on ``tokens``, computed from ``start`` (the activations
-        at ``start_hook``), with ``replace`` applied at the splice hook. The attention mask and
-        positional extras are what the full forward derives from the tokens."""
+    def logits(self, model: Any, start: Tensor, tokens: Tensor, replace: Replace | None = None) -> tuple[Tensor, Tensor | None]:
+        """(logits, attention mask) of the full model on ``tokens``, computed from ``start`` (the
+        activations at ``start_hook``), with ``replace`` applied at the splice hook. The attention mask
+        and positional extras are what the full forward derives from the tokens."""
         _, _, shortformer_pos_embed, attention_mask = model.input_to_embed(tokens)
         hooks = [] if replace is None else [(self.splice_hook, lambda acts, hook: replace(acts))]
-        return model.run_with_hooks(
+        logits = model.run_with_hooks(
             start,
             start_at_layer=self.start_layer,
             tokens=tokens,
             shortformer_pos_embed=shortformer_pos_embed,
             attention_mask=attention_mask,
-            return_type="both",
-            loss_per_token=True,
+            return_type="logits",
             fwd_hooks=hooks,
         )
+        return logits, attention_mask
+
+    def run(self, model: Any, start: Tensor, tokens: Tensor, replace: Replace | None = None) -> tuple[Tensor, Tensor]:
+        """(log-probs, per-token CE) as ``logits`` runs them: the one log-softmax serves the CE
+        (TransformerLens's, ``return_type="both"``) and KL."""
+        logits, attention_mask = self.logits(model, start, tokens, replace)
+        log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
+        return log_probs, next_token_ce(log_probs, tokens, attention_mask)

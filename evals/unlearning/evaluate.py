@@ -18,11 +18,11 @@ from evals.contract import EvalEnv, Prepared
 from evals.unlearning.config import UnlearningParams
 from evals.unlearning.corpus import feature_sparsity
 from evals.unlearning.data import HUB_FORGET
-from evals.unlearning.forward import weights_stored_as_read
 from evals.unlearning.output import RETAIN_ACCURACY_BAR, build_output
 from evals.unlearning.prompts import answer_token_ids
 from evals.unlearning.setting import SettingAnswers, answer_setting, reach
 from evals.unlearning.stored import MCQ_HEAD, KeptQuestion, kept_questions
+from pipeline.models.read_layout import weights_stored_as_read
 
 
 def sweep(p: UnlearningParams, top_by_threshold: dict[float, np.ndarray]) -> list[dict[str, Any]]:

@@ -14,7 +14,6 @@ from evals.unlearning.corpus import corpus_tokens, store_corpus
 from evals.unlearning.data import MCQSet, load_data
 from evals.unlearning.forward import (
     Ran,
-    weights_stored_as_read,
     new_cache,
     pad_rows,
     run_piece,
@@ -24,6 +23,7 @@ from evals.unlearning.forward import (
 from evals.unlearning.prompts import Prompt, answer_token_ids, build_prompt, shared_head
 from evals.unlearning.scoring import choice_scores
 from evals.unlearning.stored import MCQ_HEAD, QuestionStore
+from pipeline.models.read_layout import weights_stored_as_read
 
 
 def _own_and_conts(q: Prompt, h: int, device: str) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -130,18 +130,22 @@ class ChunkedReader:
             yield data
 
     def batches(self, rows: int) -> Iterator[torch.Tensor]:
-        """Consecutive slices of ``rows`` rows (the last may be shorter), across part boundaries."""
-        carry: list[torch.Tensor] = []
+        """Consecutive slices of ``rows`` rows (the last may be shorter), across part boundaries. A batch
+        inside one part is a view of it; only one that spans parts is copied (joining the rest of a part
+        again for every batch copied it once per batch: 0.5 s of core's 11 s per SAE)."""
+        carry: list[torch.Tensor] = []  # the start of the next batch, from earlier parts
         held = 0
         for part in self.parts():
-            carry.append(part)
-            held += len(part)
-            while held >= rows:
-                joined = torch.cat(carry)
-                yield joined[:rows]
-                carry, held = [joined[rows:]], held - rows
+            at = 0
+            while held + len(part) - at >= rows:
+                piece = part[at : at + rows - held]
+                yield torch.cat([*carry, piece]) if carry else piece
+                at, carry, held = at + len(piece), [], 0
+            if at < len(part):
+                carry.append(part[at:])
+                held += len(part) - at
         if held:
-            yield torch.cat(carry)
+            yield torch.cat(carry) if len(carry) > 1 else carry[0]
 
     def read(self) -> torch.Tensor:
         """The whole tensor (for tensors that fit in memory)."""

@@ -48,7 +48,6 @@ from evals.unlearning.data import (
 )
 from evals.unlearning.evaluate import evaluate, metrics_rows
 from evals.unlearning.forward import (
-    weights_stored_as_read,
     new_cache,
     pad_rows,
     run_piece,
@@ -76,6 +75,7 @@ from evals.unlearning.stored import (
     kept_questions,
 )
 from pipeline.models.cache import get_model
+from pipeline.models.read_layout import weights_stored_as_read
 from pipeline.progress import Reporter
 
 QUIET = Reporter(enabled=False)
