@@ -24,7 +24,7 @@ from evals.contract import EvalEnv, prepare_in_memory
 from evals.core import EVAL as CORE
 from evals.core import prepare as core_prep
 from evals.core.evaluate import evaluate
-from evals.core.measures import clean_side, kl, special_mask
+from evals.core.measures import clean_side, kl, next_token_ce, special_mask
 from evals.core.prepare import (
     ACTS,
     CE_ABLATED,
@@ -177,6 +177,24 @@ def test_core_reads_no_training_context(tiny_run) -> None:
     read = {tuple(r) for r in heldout_tokens(env, p, tokenizer).tolist()}
     training = token_contexts(documents(cfg.data, heldout=False), tokenizer, cfg.data.context_size, cfg.data.prepend_bos)
     assert not read & {tuple(next(training)) for _ in range(2000)}
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_ce_from_the_shared_log_softmax_is_transformer_lens_ce_bit_for_bit(padded: bool) -> None:
+    """``next_token_ce`` on the log-softmax KL also reads equals TransformerLens's per-token CE exactly,
+    with and without padding in the attention mask."""
+    from transformer_lens.utilities.lm_utils import lm_cross_entropy_loss
+
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 12, 5_000, generator=gen) * 4
+    tokens = torch.randint(0, 5_000, (3, 12), generator=gen)
+    mask = torch.ones(3, 12, dtype=torch.long)
+    if padded:
+        mask[1, 9:] = 0
+        mask[2, 4:] = 0
+    want = lm_cross_entropy_loss(logits, tokens, mask if padded else None, per_token=True)
+    got = next_token_ce(torch.log_softmax(logits, -1), tokens, mask if padded else None)
+    assert torch.equal(got, want) and (got > 0).sum() == 3 * 11 - (3 + 8 if padded else 0)  # padding: CE 0
 
 
 def test_kl_with_the_clean_side_cached_equals_saebench_form() -> None:
