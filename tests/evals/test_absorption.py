@@ -32,7 +32,7 @@ from evals.absorption.activations import activations_at, tokenize_prompts
 from evals.absorption.calculator import absorption_scores
 from evals.absorption.config import AbsorptionParams
 from evals.absorption.evaluate import evaluate
-from evals.absorption.k_sparse import average_ranks, k_sparse_metrics, likely_false_negatives, metrics_table
+from evals.absorption.k_sparse import average_ranks, k_sparse_metrics, likely_false_negatives, metrics_table, raw_scores
 from evals.absorption.prepare import prepare
 from evals.absorption.probe import letters_passing, probe_from_tensors
 from evals.absorption.prompts import alpha_vocab, icl_prompts, letter_of, seeded_global_random, split_vocab
@@ -323,6 +323,35 @@ def test_metrics_table_equals_saebench_build_metrics_df(k_sparse: tuple) -> None
     assert ours.loc[ours["letter"] == "a", "f1_sparse_sae_1"].item() == 0.0
     assert ours.loc[ours["letter"] == "b", "auc_sum_sparse_sae_1"].item() == 0.5
     assert ref["f1_sparse_sae_1"].between(0.0, 1.0).all() and ref["f1_sparse_sae_3"].gt(0).any()
+
+
+def test_raw_scores_equal_saebench_per_row_loop(prepared: Prepared, sae: SAE) -> None:
+    """Our per-(letter, k) columns against sae-bench's per-row loop on the same k-sparse probes: sums exactly,
+    k-sparse scores to float rounding (a matrix-vector product, not one dot product per row) with the same
+    sign everywhere, so the metrics table built from either is the same."""
+    meta = prepared.meta
+    probe = probe_from_tensors(prepared.tensor("probe_weight"), prepared.tensor("probe_bias"))
+    train_labels = list(zip(meta["train_words"], prepared.tensor("train_labels").tolist()))
+    test_labels = list(zip(meta["test_words"], prepared.tensor("test_labels").tolist()))
+    torch.manual_seed(PARAMS.random_seed)
+    with torch.enable_grad():
+        probes = ksp.train_k_sparse_probes(sae, train_labels, prepared.tensor("train_acts"), ks=[1, 2, 3],
+                                           num_epochs=5, precalc_sae_acts=True)  # fmt: skip
+    with torch.no_grad():
+        ref = ksp.eval_probe_and_sae_k_sparse_raw_scores(sae, probe, probes, test_labels, prepared.tensor("test_acts"), 24)
+        ours = raw_scores(sae, probe, probes, test_labels, prepared.tensor("test_acts"), batch_size=24)
+    assert list(ours.columns) == [c for c in ref.columns if not c.endswith("_acts")]
+    for column in ours.columns:
+        if column.startswith("score_sparse_sae"):
+            assert np.allclose(ours[column], ref[column], rtol=1e-6, atol=1e-6), column
+            assert ((ours[column] > 0) == (ref[column] > 0)).all(), column
+        else:
+            assert ours[column].tolist() == ref[column].tolist(), column
+    metadata = ksp.sae_k_sparse_metadata(sae, probe, probes, sae_name="btk-s0", layer=meta["layer"])
+    tables = [metrics_table(raw, metadata, max_k_value=3) for raw in (ours, ref)]
+    counted = [c for c in tables[1].columns if c.startswith(("f1_", "precision_", "recall_"))]
+    assert tables[0][counted].equals(tables[1][counted])
+    assert ours["score_sparse_sae_a_k_3"].abs().gt(0).any() and ours["sum_sparse_sae_a_k_1"].gt(0).any()
 
 
 def test_false_negative_selection_matches_saebench(prepared: Prepared, k_sparse: tuple, tmp_path: Path) -> None:
