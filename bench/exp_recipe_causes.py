@@ -13,6 +13,7 @@ sets the SAE init and the batch order, so per-seed differences between settings 
     python bench/exp_recipe_causes.py summary switch             # markdown tables from the results file
     nice -n 10 python bench/exp_recipe_causes.py baselines switch  # untrained-SAE baseline + probe ceiling
     nice -n 19 python bench/exp_recipe_causes.py parity run      # ours vs trainer sae_lens, per architecture
+    EXP_PARITY_STEPS=4000 nice -n 19 python bench/exp_recipe_causes.py parity budget  # JumpReLU rows, longer
     python bench/exp_recipe_causes.py parity summary             # its table
 
 `parity` trains each architecture (TopK, BatchTopK, Matryoshka, JumpReLU) with our trainer at its defaults
@@ -457,10 +458,9 @@ def as_inference_sae(trained: Any, folder: Path) -> Any:
 
 
 def parity_one(arch: str, trainer: str, seed: int, l0_coefficient: float | None, model: Any, x: torch.Tensor,
-               calib: torch.Tensor, spec: SyntheticSpec, out_path: Path) -> dict[str, Any]:
+               calib: torch.Tensor, spec: SyntheticSpec, out_path: Path, g: dict[str, Any] = PARITY) -> dict[str, Any]:
     import tempfile
 
-    g = PARITY
     recipe = parity_recipe(arch, l0_coefficient, trainer)
     if trainer.startswith("saepipe"):
         trained, info = train(recipe, x, g["d_sae"], g["k"], seed, g["steps"], g["lr"], OURS_DEFAULT_DEAD, dense=arch == "jumprelu")
@@ -498,6 +498,8 @@ def parity(command: str) -> None:
     out_path = RESULTS / "parity.jsonl"
     if command == "summary":
         return parity_summary(out_path)
+    if command.startswith("budget"):
+        return parity_budget(command)
     g = PARITY
     spec = shape_spec(g["shape"])
     model = build_model(spec, on="cpu")
@@ -527,6 +529,31 @@ def parity(command: str) -> None:
             for seed in g["seeds"]:
                 if ("jumprelu", variant, seed, 1.0) not in done:
                     parity_one("jumprelu", variant, seed, 1.0, model, x, calib, spec, out_path)
+
+
+PARITY_BUDGET_RUNS = (("jumprelu", "saepipe"), ("jumprelu", "sae_lens"), ("jumprelu", "saepipe+sae_lens_threshold"),
+                      ("batchtopk", "saepipe"))
+"""§7's JumpReLU rows at a longer budget (L0 coefficient 1.0, both trainers' default), beside our BatchTopK."""
+
+
+def parity_budget(command: str) -> None:
+    """`budget` runs PARITY_BUDGET_RUNS at $EXP_PARITY_STEPS (default 4,000) steps on a pool of one pass (fresh
+    samples every step); `budget summary` prints their table. Results: parity_<steps>.jsonl."""
+    steps = int(os.environ.get("EXP_PARITY_STEPS", "4000"))
+    g = PARITY | {"steps": steps, "pool": steps * BATCH}
+    out_path = RESULTS / f"parity_{steps}.jsonl"
+    if command.endswith("summary"):
+        return parity_summary(out_path)
+    spec = shape_spec(g["shape"])
+    model = build_model(spec, on="cpu")
+    x = pool(g["shape"], g["pool"], model)
+    calib, _ = sample(model, 16_384, seed=999)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["arch"], r["trainer"], r["seed"]) for r in map(json.loads, out_path.open())} if out_path.exists() else set()
+    for seed in g["seeds"]:
+        for arch, trainer in PARITY_BUDGET_RUNS:
+            if (arch, trainer, seed) not in done:
+                parity_one(arch, trainer, seed, 1.0 if arch == "jumprelu" else None, model, x, calib, spec, out_path, g)
 
 
 def ci_cell(values: list[float], digits: int = 3) -> str:

@@ -40,7 +40,10 @@ class JumpReLUSpec(_Spec):
     """JumpReLU (Rajamanoharan et al. 2024): threshold learned with a rectangle-kernel pseudo-gradient.
 
     sae-lens's JumpReLUTrainingSAE uses init_threshold 0.01, bandwidth 0.05, l0_coefficient 1.0 and
-    threshold_param 'direct' (with decoder.norm 'free', init_norm 0.1 and b_dec_init 'zeros')."""
+    threshold_param 'direct' (with decoder.norm 'free', init_norm 0.1 and b_dec_init 'zeros').
+    These defaults learn no sparsity on docs/RESULTS.md §7's shape at 1,000 or 4,000 steps; with
+    threshold_param 'direct', init_threshold 0.01 and bandwidth 0.05 they do. Write those. The defaults
+    stay as they are because every SAE's stage key includes them."""
 
     _quiet_defaults: ClassVar[frozenset[str]] = frozenset({"threshold_param"})
     init_threshold: float = Field(0.001, gt=0.0)
