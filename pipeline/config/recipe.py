@@ -41,7 +41,7 @@ class JumpReLUSpec(_Spec):
 
     sae-lens's JumpReLUTrainingSAE uses init_threshold 0.01, bandwidth 0.05, l0_coefficient 1.0 and
     threshold_param 'direct' (with decoder.norm 'free', init_norm 0.1 and b_dec_init 'zeros').
-    These defaults learn no sparsity on docs/RESULTS.md §7's shape at 1,000 or 4,000 steps; with
+    These defaults learn no sparsity on docs/RESULTS.md §7's shape at 1,000, 4,000 or 8,000 steps; with
     threshold_param 'direct', init_threshold 0.01 and bandwidth 0.05 they do. Write those. The defaults
     stay as they are because every SAE's stage key includes them."""
 
