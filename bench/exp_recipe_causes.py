@@ -538,10 +538,11 @@ PARITY_BUDGET_RUNS = (("jumprelu", "saepipe"), ("jumprelu", "sae_lens"), ("jumpr
 
 def parity_budget(command: str) -> None:
     """`budget` runs PARITY_BUDGET_RUNS at $EXP_PARITY_STEPS (default 4,000) steps on a pool of one pass (fresh
-    samples every step); `budget summary` prints their table. Results: parity_<steps>.jsonl."""
-    steps = int(os.environ.get("EXP_PARITY_STEPS", "4000"))
-    g = PARITY | {"steps": steps, "pool": steps * BATCH}
-    out_path = RESULTS / f"parity_{steps}.jsonl"
+    samples every step), with BatchTopK's k and every SAE's matched L0 at $EXP_PARITY_K (default 10);
+    `budget summary` prints their table. Results: parity_<steps>.jsonl (parity_<steps>_k<k>.jsonl)."""
+    steps, k = int(os.environ.get("EXP_PARITY_STEPS", "4000")), int(os.environ.get("EXP_PARITY_K", PARITY["k"]))
+    g = PARITY | {"steps": steps, "pool": steps * BATCH, "k": k}
+    out_path = RESULTS / (f"parity_{steps}.jsonl" if k == PARITY["k"] else f"parity_{steps}_k{k}.jsonl")
     if command.endswith("summary"):
         return parity_summary(out_path)
     spec = shape_spec(g["shape"])
