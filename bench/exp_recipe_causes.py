@@ -493,6 +493,17 @@ def matched_coefficient(sweep: list[dict[str, Any]], k: int) -> float:
     return float(f"{math.exp(min(pts, key=lambda p: abs(p[1] - target))[0]):.3g}")
 
 
+def parity_inputs(g: dict[str, Any], out_path: Path) -> tuple[SyntheticSpec, Any, torch.Tensor, torch.Tensor]:
+    """The shape, its model, the training pool and the matched-L0 calibration samples of a parity setting
+    (and the results folder, made)."""
+    spec = shape_spec(g["shape"])
+    model = build_model(spec, on="cpu")
+    x = pool(g["shape"], g["pool"], model)
+    calib, _ = sample(model, 16_384, seed=999)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    return spec, model, x, calib
+
+
 def parity(command: str) -> None:
     """`run`: every (architecture, trainer, seed), skipping what the results file has; `summary`: the table."""
     out_path = RESULTS / "parity.jsonl"
@@ -501,11 +512,7 @@ def parity(command: str) -> None:
     if command.startswith("budget"):
         return parity_budget(command)
     g = PARITY
-    spec = shape_spec(g["shape"])
-    model = build_model(spec, on="cpu")
-    x = pool(g["shape"], g["pool"], model)
-    calib, _ = sample(model, 16_384, seed=999)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    spec, model, x, calib = parity_inputs(g, out_path)
     rows = [json.loads(line) for line in out_path.open()] if out_path.exists() else []
     done = {(r["arch"], r["trainer"], r["seed"], r["l0_coefficient"]) for r in rows}
     only_arch, only_trainer = os.environ.get("EXP_ARCH"), os.environ.get("EXP_TRAINER")  # to split over processes
@@ -545,11 +552,7 @@ def parity_budget(command: str) -> None:
     out_path = RESULTS / (f"parity_{steps}.jsonl" if k == PARITY["k"] else f"parity_{steps}_k{k}.jsonl")
     if command.endswith("summary"):
         return parity_summary(out_path)
-    spec = shape_spec(g["shape"])
-    model = build_model(spec, on="cpu")
-    x = pool(g["shape"], g["pool"], model)
-    calib, _ = sample(model, 16_384, seed=999)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    spec, model, x, calib = parity_inputs(g, out_path)
     done = {(r["arch"], r["trainer"], r["seed"]) for r in map(json.loads, out_path.open())} if out_path.exists() else set()
     for seed in g["seeds"]:
         for arch, trainer in PARITY_BUDGET_RUNS:

@@ -55,10 +55,11 @@ def raw_scores(
     at once instead of one k-sparse probe call per row (26 x max_k calls per word, about 1 s an SAE). The
     SAE and the probe still see sae-bench's batches, so the latents are the same floats. Same columns
     except the per-row ``sparse_sae_*_acts`` arrays, which nothing downstream reads."""
+    probe = probe.to(sae.device)
     sae_acts, probe_scores = [], []
     for batch in eval_acts.to(sae.device).split(batch_size):
         sae_acts.append(sae.encode(batch.to(dtype=sae.dtype)).float().cpu())
-        probe_scores.append(probe.to(sae.device)(batch).float().cpu())
+        probe_scores.append(probe(batch).float().cpu())
     acts, scores = torch.cat(sae_acts), torch.cat(probe_scores)
     columns: dict[str, Any] = {"token": [word for word, _ in eval_labels],
                                "answer_letter": [LETTERS[i] for _, i in eval_labels]}  # fmt: skip

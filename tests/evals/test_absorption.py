@@ -158,11 +158,17 @@ def no_model_env(cfg) -> EvalEnv:
 @pytest.fixture(scope="module")
 def k_sparse(prepared: Prepared, sae: SAE) -> tuple:
     """sae-bench's k-sparse probing on the prepared tensors: (raw_df, metrics_df)."""
+    probe, train, test = probe_and_splits(prepared)
+    return k_sparse_metrics(sae, probe, train, test, PARAMS, "btk-s0", prepared.meta["layer"])
+
+
+def probe_and_splits(prepared: Prepared) -> tuple:
+    """The cached LLM probe and the (activations, [(word, letter)]) train and test splits, as evaluate reads them."""
     meta = prepared.meta
     probe = probe_from_tensors(prepared.tensor("probe_weight"), prepared.tensor("probe_bias"))
     train = (prepared.tensor("train_acts"), list(zip(meta["train_words"], prepared.tensor("train_labels").tolist())))
     test = (prepared.tensor("test_acts"), list(zip(meta["test_words"], prepared.tensor("test_labels").tolist())))
-    return k_sparse_metrics(sae, probe, train, test, PARAMS, "btk-s0", meta["layer"])
+    return probe, train, test
 
 
 def test_prepare_writes_aligned_tensors_and_a_probe_that_beats_chance(prepared: Prepared) -> None:
@@ -329,17 +335,13 @@ def test_raw_scores_equal_saebench_per_row_loop(prepared: Prepared, sae: SAE) ->
     """Our per-(letter, k) columns against sae-bench's per-row loop on the same k-sparse probes: sums exactly,
     k-sparse scores to float rounding (a matrix-vector product, not one dot product per row) with the same
     sign everywhere, so the metrics table built from either is the same."""
-    meta = prepared.meta
-    probe = probe_from_tensors(prepared.tensor("probe_weight"), prepared.tensor("probe_bias"))
-    train_labels = list(zip(meta["train_words"], prepared.tensor("train_labels").tolist()))
-    test_labels = list(zip(meta["test_words"], prepared.tensor("test_labels").tolist()))
+    probe, (train_acts, train_labels), (test_acts, test_labels) = probe_and_splits(prepared)
     torch.manual_seed(PARAMS.random_seed)
     with torch.enable_grad():
-        probes = ksp.train_k_sparse_probes(sae, train_labels, prepared.tensor("train_acts"), ks=[1, 2, 3],
-                                           num_epochs=5, precalc_sae_acts=True)  # fmt: skip
+        probes = ksp.train_k_sparse_probes(sae, train_labels, train_acts, ks=[1, 2, 3], num_epochs=5, precalc_sae_acts=True)
     with torch.no_grad():
-        ref = ksp.eval_probe_and_sae_k_sparse_raw_scores(sae, probe, probes, test_labels, prepared.tensor("test_acts"), 24)
-        ours = raw_scores(sae, probe, probes, test_labels, prepared.tensor("test_acts"), batch_size=24)
+        ref = ksp.eval_probe_and_sae_k_sparse_raw_scores(sae, probe, probes, test_labels, test_acts, 24)
+        ours = raw_scores(sae, probe, probes, test_labels, test_acts, batch_size=24)
     assert list(ours.columns) == [c for c in ref.columns if not c.endswith("_acts")]
     for column in ours.columns:
         if column.startswith("score_sparse_sae"):
@@ -347,7 +349,7 @@ def test_raw_scores_equal_saebench_per_row_loop(prepared: Prepared, sae: SAE) ->
             assert ((ours[column] > 0) == (ref[column] > 0)).all(), column
         else:
             assert ours[column].tolist() == ref[column].tolist(), column
-    metadata = ksp.sae_k_sparse_metadata(sae, probe, probes, sae_name="btk-s0", layer=meta["layer"])
+    metadata = ksp.sae_k_sparse_metadata(sae, probe, probes, sae_name="btk-s0", layer=prepared.meta["layer"])
     tables = [metrics_table(raw, metadata, max_k_value=3) for raw in (ours, ref)]
     counted = [c for c in tables[1].columns if c.startswith(("f1_", "precision_", "recall_"))]
     assert tables[0][counted].equals(tables[1][counted])
