@@ -146,8 +146,9 @@ class Prepared:
     def tensor(self, name: str) -> torch.Tensor:
         return self.reader(name).read()
 
-    def batches(self, name: str, rows: int) -> Iterator[torch.Tensor]:
-        return self.reader(name).batches(rows)
+    def batches(self, name: str, rows: int, reuse: bool = False) -> Iterator[torch.Tensor]:
+        """``ChunkedReader.batches``: with ``reuse``, each batch is valid until the next."""
+        return self.reader(name).batches(rows, reuse)
 
 
 @dataclass

@@ -43,6 +43,12 @@ def test_tensor_larger_than_the_bound_is_cut_and_reloads_bit_identical(tmp_path:
         streamed = list(ChunkedReader(tmp_path, "acts").batches(rows))
         assert [len(b) for b in streamed] == sizes
         assert torch.equal(torch.cat(streamed).view(torch.int32), big.view(torch.int32))
+    for rows in (64, 300):  # reuse: the joined batches share one tensor, each valid until the next
+        reused = [b.clone() for b in ChunkedReader(tmp_path, "acts").batches(rows, reuse=True)]
+        plain = list(ChunkedReader(tmp_path, "acts").batches(rows))
+        assert len(reused) == len(plain) and all(torch.equal(a.view(torch.int32), b.view(torch.int32)) for a, b in zip(reused, plain, strict=True))
+    joined = [b for b in ChunkedReader(tmp_path, "acts").batches(300, reuse=True)]
+    assert joined[0].data_ptr() == joined[1].data_ptr()  # both span parts: one tensor, overwritten
 
 
 def test_dtypes_and_small_tensors_round_trip(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from evals.core.prepare import (
     RESID,
     TOKENS,
 )
-from evals.core.tail import Replace, Tail
+from evals.core.tail import Replace, Reused, Tail
 from pipeline.models.read_layout import weights_stored_as_read
 
 
@@ -43,15 +43,16 @@ def downstream_metrics(prepared: Prepared, sae: Any, model: Any, hook: str, p: C
     b = p.batch_size_prompts
     starts = prepared.batches(ACTS if tail.starts_at_splice else RESID, b)
     stored = CLEAN_PROBS in prepared.names()
-    cleans = zip(prepared.batches(CLEAN_PROBS, b), prepared.batches(CLEAN_PLOGP, b)) if stored else None
+    cleans = zip(prepared.batches(CLEAN_PROBS, b, reuse=True), prepared.batches(CLEAN_PLOGP, b)) if stored else None
     kl_sae, ce_sae = [], []
+    reused = Reused()
     with weights_stored_as_read(model, tail.start_layer, unembed=True):
         for _, batch, start in zip(range(p.n_reconstruction_batches), prepared.batches(TOKENS, b), starts):
             batch, start = batch.to(device), start.to(device)
             mask = special_mask(batch, ignore)
-            log_q, ce = tail.run(model, start, batch, splice(sae, mask))
-            probs, plogp = (t.to(device) for t in next(cleans)) if cleans is not None else clean_side(tail.logits(model, start, batch)[0])
-            kl_sae.append(kl_of_log_probs(probs, plogp, log_q)[mask])
+            log_q, ce = tail.run(model, start, batch, splice(sae, mask), reused)
+            probs, plogp = (t.to(device) for t in next(cleans)) if cleans is not None else clean_side(tail.logits(model, start, batch, None, reused)[0])
+            kl_sae.append(kl_of_log_probs(probs, plogp, log_q, overwrite=True)[mask])
             ce_sae.append(counted_ce(ce, mask))
     kl_with_sae, ce_with_sae = torch.cat(kl_sae).mean().item(), torch.cat(ce_sae).mean().item()
     kl_ablation = prepared.tensor(KL_ABLATED).mean().item()

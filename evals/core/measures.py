@@ -31,9 +31,10 @@ def kl(probs: Tensor, plogp: Tensor, new_logits: Tensor) -> Tensor:
     return kl_of_log_probs(probs, plogp, torch.nn.functional.log_softmax(new_logits, dim=-1))
 
 
-def kl_of_log_probs(probs: Tensor, plogp: Tensor, log_q: Tensor) -> Tensor:
-    """``kl`` from the new side's log-softmax, when the CE needs it too."""
-    return plogp - (probs * log_q).sum(dim=-1)
+def kl_of_log_probs(probs: Tensor, plogp: Tensor, log_q: Tensor, overwrite: bool = False) -> Tensor:
+    """``kl`` from the new side's log-softmax, when the CE needs it too. ``overwrite``: the product is
+    written into ``log_q`` (a tensor the caller reuses) instead of new memory; the same bits."""
+    return plogp - (log_q.mul_(probs) if overwrite else probs * log_q).sum(dim=-1)
 
 
 def counted_kl(probs: Tensor, plogp: Tensor, new_logits: Tensor, mask: Tensor) -> Tensor:

@@ -36,7 +36,7 @@ from evals.core.prepare import (
     heldout_tokens,
 )
 from evals.core.reference import saebench_core
-from evals.core.tail import Tail
+from evals.core.tail import Reused, Tail
 from pipeline.data.contexts import token_contexts
 from pipeline.data.corpora import documents
 from pipeline.models.cache import get_model
@@ -110,6 +110,22 @@ def test_tail_starts_where_the_hook_allows() -> None:
     assert Tail.of("blocks.29.hook_resid_post", 30) == Tail(29, "blocks.29.hook_resid_pre", "blocks.29.hook_resid_post")
     with pytest.raises(ValueError, match="cannot splice"):
         Tail.of("blocks.3.attn.hook_z", 30)
+
+
+def test_tail_logits_are_the_full_forward_logits_bit_for_bit(tiny_run) -> None:
+    """The tail's own unembedding (``tail.unembed``: ``addmm`` into a reused tensor) gives the bits
+    TransformerLens's full forward gives, on every batch that reuses the tensor."""
+    cfg = tiny_run[0]
+    model, _ = get_model(cfg.model)
+    tail = Tail.of(cfg.model.hook, model.cfg.n_layers)
+    reused = Reused()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _ in range(2):
+            tokens = torch.randint(0, model.cfg.d_vocab, (2, 24), generator=gen)
+            full, cache = model.run_with_cache(tokens, names_filter=[tail.start_hook])
+            got, _ = tail.logits(model, cache[tail.start_hook], tokens, reused=reused)
+            assert got.data_ptr() == reused.get("logits", got.shape, got).data_ptr() and torch.equal(got, full)
 
 
 def test_matches_saebench_where_the_tail_starts_below_the_hook(tiny_run, tmp_path: Path) -> None:
