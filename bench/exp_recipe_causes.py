@@ -159,7 +159,8 @@ Matryoshka spec, for that arch only) or `lr`."""
 is also scored at these steps, as its own row (lr and k are constant, so its state there is the shorter run's)."""
 PRIORITY = [(("ours", "sae_lens"), None), (("ours+decoder", "sae_lens-decoder"), None),
             (("sae_lens-dead_window", "ours+rescale", "sae_lens-init_norm"), [0]), (("ours+b_dec", "sae_lens-b_dec"), None),
-            (("ours+aux", "sae_lens-aux", "ours+dead_window"), [0]), (("sae_lens-dead_window",), [1, 2])]
+            (("ours+aux", "sae_lens-aux", "ours+dead_window"), [0]), (("sae_lens-dead_window",), [1, 2]),
+            (("ours+rescale", "sae_lens-init_norm", "ours+aux", "sae_lens-aux", "ours+dead_window"), [1, 2])]
 """The switch grid's order on a shared 2-core machine: settings groups, each on every seed (None) or on
 the seeds listed, so a cut-off run leaves the most important comparisons complete."""
 FULL = {"lista": {"steps": 1, "eta": 0.3}, "k_anneal": {"k_start": 100, "fraction": 0.5}, "term": {"t": 2.0e-3},
