@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 from evals.core.measures import next_token_ce
