@@ -201,3 +201,6 @@ def test_gpu_check_smoke_runs_on_cpu(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert results["train_step"] and results["synthetic"]["ok"], results
+    split = results["core_split"]  # the tail from the cached residual computes what the full pass does
+    assert split["per_sae_s"]["ours"] > 0 and split["agree"]["ce_max_abs_diff"] < 1e-4 * split["agree"]["ce_mean"], split
+    assert split["agree"]["kl_max_abs_diff"] < 1e-4 and split["agree"]["kl_mean"] > 1e-3, split

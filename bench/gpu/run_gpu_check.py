@@ -1,4 +1,4 @@
-"""One prepared GPU check (< 8 min on an H200): training speed at the Gemma shape, a synthetic run on
+"""One prepared GPU check (< 10 min on an H200; `--skip` a part to shorten it): training speed at the Gemma shape, a synthetic run on
 CUDA against the same run on the CPU, a random TransformerLens model end to end on CUDA, and a
 checkpoint written on CUDA read back on the CPU. Writes `gpu_check.json` into --out (default $OUT)
 and prints a summary. Every part records its error and the others go on, so a missing peer package
@@ -21,6 +21,17 @@ Parts
      (FVU, CE loss with the SAE spliced in). Not the `eval_core` stage itself: the pipeline loads
      models by name, and a random model has none.
   4. checkpoint: saved from a CUDA module, loaded onto the CPU, equal.
+  5. core_split: issue #12's per-SAE gain for `eval_core` at SAEBench's gemma setting, on a randomly
+     initialised model of gemma-2-2b's shape (26 layers, d_model 2304, vocabulary 256,000, bf16; the
+     hook at layer 12, as `gemma2b_l12.yaml`). It times the model work that differs per SAE:
+     - sae-bench's (`run_evals`): per CE batch, a clean, an SAE-spliced and a zero-ablated full pass;
+       per sparsity batch, a pass to the hook;
+     - ours (`evals/core`): per CE batch, the tail from the cached residual with the SAE spliced in, and
+       the clean tail again for KL's clean side (`clean_side`; at this scale the clean logits, 210 GB,
+       are recomputed rather than stored), with core's own `Tail`, `Reused` and `kl_of_log_probs`.
+     CE and sparsity batches keep SAEBench's 200 : 2,000 proportion (fewer of each). The SAE
+     is a random TopK of width 16,384, identical on both sides. The pass counts predict 5.6×
+     (docs/BENCHMARKS.md). Not the `eval_core` stage itself: that loads its model by name.
 """
 
 from __future__ import annotations
@@ -324,6 +335,83 @@ def checkpoint_part(device: torch.device) -> dict[str, Any]:
     return {"saved_on": str(device), "loaded_on": "cpu", "equal": same, "extra_device": str(extra["since_fired"].device)}
 
 
+# -- 5. eval_core's split at the gemma shape ------------------------------------------------------
+
+GEMMA_2_2B = {"n_layers": 26, "d_model": 2304, "d_head": 256, "n_heads": 8, "n_key_value_heads": 4, "d_mlp": 9216,
+              "d_vocab": 256_000, "act_fn": "gelu_pytorch_tanh", "normalization_type": "RMS",
+              "positional_embedding_type": "rotary", "gated_mlp": True, "use_normalization_before_and_after": True,
+              "attn_scores_soft_cap": 50.0, "output_logits_soft_cap": 30.0, "final_rms": True}
+"""gemma-2-2b's shape (its local/global attention alternation left out: same matmuls)."""
+CORE_GEMMA = {"layer": 12, "ce_batches": 4, "sparsity_batches": 40, "batch": 16, "ctx": 128, "d_sae": 16_384, "k": 64}
+CORE_SMOKE = {"layer": 1, "ce_batches": 2, "sparsity_batches": 4, "batch": 2, "ctx": 16, "d_sae": 256, "k": 8}
+
+
+def core_split_part(device: torch.device, smoke: bool) -> dict[str, Any]:
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError as exc:
+        return {"skipped": f"transformer_lens not importable ({exc})"}
+    from evals.core.measures import clean_side, kl_of_log_probs
+    from evals.core.tail import Reused, Tail
+
+    c = CORE_SMOKE if smoke else CORE_GEMMA
+    shape = {**GEMMA_2_2B, "n_layers": 3, "d_model": 64, "d_head": 16, "n_heads": 4, "n_key_value_heads": 2, "d_mlp": 128,
+             "d_vocab": 1000} if smoke else GEMMA_2_2B  # fmt: skip
+    torch.manual_seed(0)
+    dtype = torch.float32 if smoke else torch.bfloat16
+    started = time.perf_counter()
+    model = HookedTransformer(HookedTransformerConfig(**shape, n_ctx=c["ctx"], dtype=dtype, device=str(device))).eval()
+    build_s = time.perf_counter() - started
+    hook = f"blocks.{c['layer']}.hook_resid_post"
+    tail = Tail.of(hook, model.cfg.n_layers)
+    d = model.cfg.d_model
+    w_enc = torch.randn(d, c["d_sae"], device=device, dtype=dtype) / d**0.5
+    w_dec = torch.randn(c["d_sae"], d, device=device, dtype=dtype) / c["d_sae"] ** 0.5
+
+    def sae(acts: torch.Tensor) -> torch.Tensor:
+        pre = acts @ w_enc
+        top = pre.topk(c["k"], dim=-1)
+        return torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu()) @ w_dec
+
+    n = c["ce_batches"] + c["sparsity_batches"]
+    batches = torch.randint(0, model.cfg.d_vocab, (n, c["batch"], c["ctx"]), device=device)
+    with torch.no_grad():  # prep, once per run: the residual each CE batch's tail starts from
+        starts = [model.run_with_cache(b, names_filter=[tail.start_hook], stop_at_layer=tail.start_layer + 1)[1][tail.start_hook]
+                  for b in batches[: c["ce_batches"]]]  # fmt: skip
+
+    def saebench_per_sae() -> None:
+        for i, b in enumerate(batches):
+            if i < c["ce_batches"]:
+                model(b, return_type="both", loss_per_token=True)
+                model.run_with_hooks(b, return_type="both", loss_per_token=True, fwd_hooks=[(hook, lambda a, hook: sae(a))])
+                model.run_with_hooks(b, return_type="both", loss_per_token=True, fwd_hooks=[(hook, lambda a, hook: torch.zeros_like(a))])
+            else:
+                model.run_with_cache(b, names_filter=[hook], stop_at_layer=c["layer"] + 1)
+
+    def ours_per_sae() -> None:
+        reused = Reused()
+        for b, start in zip(batches[: c["ce_batches"]], starts, strict=True):
+            log_q, _ = tail.run(model, start, b, sae, reused)
+            probs, plogp = clean_side(tail.logits(model, start, b)[0])
+            kl_of_log_probs(probs, plogp, log_q, overwrite=True)
+
+    with torch.no_grad():
+        times = {name: timed(fn, device, 1, 1 if smoke else 3) for name, fn in (("saebench", saebench_per_sae), ("ours", ours_per_sae))}
+        # both sides' numbers on the first batch: CE with the SAE, and KL(clean || spliced) in sae-bench's form
+        b = batches[0]
+        clean = model(b)
+        spliced, ce_full = model.run_with_hooks(b, return_type="both", loss_per_token=True, fwd_hooks=[(hook, lambda a, hook: sae(a))])
+        log_q, ce_tail = tail.run(model, starts[0], b, sae)
+        p_clean = clean.float().softmax(-1)
+        kl_full = (p_clean * (clean.float().log_softmax(-1) - spliced.float().log_softmax(-1))).sum(-1)
+        kl_tail = kl_of_log_probs(*clean_side(tail.logits(model, starts[0], b)[0].float()), log_q.float())
+        agree = {"ce_max_abs_diff": float((ce_full.float() - ce_tail.float()).abs().max()), "ce_mean": float(ce_full.float().mean()),
+                 "kl_max_abs_diff": float((kl_full - kl_tail).abs().max()), "kl_mean": float(kl_full.mean())}  # fmt: skip
+    return {"shape": "smoke" if smoke else "gemma-2-2b (random weights)", "settings": c, "model_build_s": round(build_s, 1),
+            "per_sae_s": {k: round(v, 4) for k, v in times.items()}, "speedup": round(times["saebench"] / times["ours"], 2),
+            "expected_from_pass_counts": 5.6, "agree": agree}  # fmt: skip
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -332,7 +420,7 @@ def main() -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", str(REPO / "bench" / "results" / "gpu")))
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (tests the script, measures nothing)")
     parser.add_argument("--wheels", help="a folder of wheels to pip-install first (make gpu-wheels)")
-    parser.add_argument("--skip", action="append", default=[], help="part to skip (train_step, synthetic, transformer_lens, checkpoint)")
+    parser.add_argument("--skip", action="append", default=[], help="part to skip (train_step, synthetic, transformer_lens, checkpoint, core_split)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -348,6 +436,7 @@ def main() -> int:
         "train_step": lambda: train_step_part(shape, device, warmup, steps),
         "synthetic": lambda: synthetic_part(device, args.smoke),
         "transformer_lens": lambda: transformer_lens_part(device, args.smoke),
+        "core_split": lambda: core_split_part(device, args.smoke),
     }
     for name, fn in parts.items():
         if name not in args.skip:
@@ -367,9 +456,10 @@ def print_summary(results: dict[str, Any]) -> None:
                 print(f"  {label:28s} {row['error'][:100]}")
             else:
                 print(f"  {label:28s} {row['samples_per_s']:12,.0f} samples/s  {row['fraction_of_bf16_matmul_rate']:.2f} of matmul rate")
-    for name in ("synthetic", "transformer_lens", "checkpoint"):
+    for name in ("synthetic", "transformer_lens", "checkpoint", "core_split"):
         part = results.get(name, {})
-        brief = {k: v for k, v in part.items() if k in ("ok", "gaps", "error", "skipped", "fvu", "ce_clean", "ce_with_sae", "equal")}
+        brief = {k: v for k, v in part.items() if k in ("ok", "gaps", "error", "skipped", "fvu", "ce_clean", "ce_with_sae", "equal",
+                                                         "per_sae_s", "speedup", "agree")}  # fmt: skip
         print(f"{name}: {json.dumps(brief, default=str)[:400]}")
 
 
