@@ -352,7 +352,8 @@ def core_split_part(device: torch.device, smoke: bool) -> dict[str, Any]:
     except ImportError as exc:
         return {"skipped": f"transformer_lens not importable ({exc})"}
     from evals.core.measures import clean_side, kl_of_log_probs
-    from evals.core.tail import Reused, Tail
+    from evals.core.tail import Tail
+    from pipeline.data.reused import Reused
 
     c = CORE_SMOKE if smoke else CORE_GEMMA
     shape = {**GEMMA_2_2B, "n_layers": 3, "d_model": 64, "d_head": 16, "n_heads": 4, "n_key_value_heads": 2, "d_mlp": 128,
@@ -392,7 +393,7 @@ def core_split_part(device: torch.device, smoke: bool) -> dict[str, Any]:
         reused = Reused()
         for b, start in zip(batches[: c["ce_batches"]], starts, strict=True):
             log_q, _ = tail.run(model, start, b, sae, reused)
-            probs, plogp = clean_side(tail.logits(model, start, b)[0])
+            probs, plogp = clean_side(tail.logits(model, start, b, None, reused)[0])  # as core's downstream reruns it
             kl_of_log_probs(probs, plogp, log_q, overwrite=True)
 
     with torch.no_grad():

@@ -22,7 +22,8 @@ from evals.core.prepare import (
     RESID,
     TOKENS,
 )
-from evals.core.tail import Replace, Reused, Tail
+from evals.core.tail import Replace, Tail
+from pipeline.data.reused import Reused
 from pipeline.models.read_layout import weights_stored_as_read
 
 

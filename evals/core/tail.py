@@ -22,35 +22,22 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 
 from evals.core.measures import next_token_ce
 from pipeline.config.model import HOOK_RE
+from pipeline.data.reused import Reused
 
 Replace = Callable[[Tensor], Tensor]
 """The activations at the splice hook -> what the rest of the model reads instead."""
-
-
-class Reused:
-    """Output tensors kept from one batch to the next, by name. The vocabulary-sized ones (logits,
-    log-probs: 8 x 128 x 49,152 floats a batch for the default) are written fresh each batch otherwise,
-    and first writes to new memory cost a page fault per 4 KiB page: on this CPU a log-softmax into a
-    new tensor took 0.22 s, into a reused one 0.02 s, with the same result bit for bit."""
-
-    def __init__(self) -> None:
-        self._held: dict[str, Tensor] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        held = self._held.get(name)
-        if held is None or held.shape != shape or held.dtype != like.dtype or held.device != like.device:
-            held = self._held[name] = like.new_empty(shape)
-        return held
 
 
 def unembed(model: Any, resid: Tensor, reused: Reused | None = None) -> Tensor:
     """Logits from the last block's output as ``HookedTransformer.forward`` computes them after its
     blocks: ``ln_final``, then ``Unembed``'s ``F.linear(x, W_U.T.contiguous(), b_U)``, then the soft cap.
     The linear runs as the ``addmm`` that ``F.linear`` calls for a contiguous 3-d input, into a reused
-    tensor: the same kernel, so the same bits (tests/evals/test_core.py)."""
+    tensor (a new one without ``reused``): the same kernel, so the same bits (tests/evals/test_core.py).
+    The vocabulary-sized tensors are what ``Reused`` is for: 8 x 128 x 49,152 floats a batch for the
+    default."""
     x = model.ln_final(resid).contiguous()
     shape = (*x.shape[:-1], model.cfg.d_vocab_out)
-    out = reused.get("logits", shape, x) if reused is not None else x.new_empty(shape)
+    out = (reused or Reused()).get("logits", shape, x)
     torch.addmm(model.b_U, x.view(-1, x.shape[-1]), model.W_U.T.contiguous().t(), out=out.view(-1, shape[-1]))
     return apply_softcap(out, model.cfg.output_logits_soft_cap)
 
@@ -106,6 +93,5 @@ class Tail:
         (TransformerLens's, ``return_type="both"``) and KL. With ``reused``, logits and log-probs are
         its tensors (valid until the next batch)."""
         logits, attention_mask = self.logits(model, start, tokens, replace, reused)
-        out = reused.get("log_probs", logits.shape, logits) if reused is not None else None
-        log_probs = torch.log_softmax(logits, dim=-1, out=out) if out is not None else torch.log_softmax(logits, dim=-1)
+        log_probs = torch.log_softmax(logits, dim=-1, out=(reused or Reused()).get("log_probs", logits.shape, logits))
         return log_probs, next_token_ce(log_probs, tokens, attention_mask)

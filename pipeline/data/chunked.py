@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.data.reused import Reused
 from pipeline.fsutil import atomic_write_json
 
 DEFAULT_MAX_BYTES = 256 * 2**20
@@ -138,16 +139,12 @@ class ChunkedReader:
         page faults than the copy (core's clean probabilities: 200 MB a batch)."""
         carry: list[torch.Tensor] = []  # the start of the next batch, from earlier parts
         held = 0
-        joined: torch.Tensor | None = None
+        kept = Reused() if reuse else None
 
         def join(pieces: list[torch.Tensor]) -> torch.Tensor:
-            nonlocal joined
-            if not reuse:
+            if kept is None:
                 return torch.cat(pieces)
-            shape = (sum(len(p) for p in pieces), *pieces[0].shape[1:])
-            if joined is None or joined.shape != shape:
-                joined = pieces[0].new_empty(shape)
-            return torch.cat(pieces, out=joined)
+            return torch.cat(pieces, out=kept.get("joined", (sum(len(p) for p in pieces), *pieces[0].shape[1:]), pieces[0]))
 
         for part in self.parts():
             at = 0

@@ -36,9 +36,10 @@ from evals.core.prepare import (
     heldout_tokens,
 )
 from evals.core.reference import saebench_core
-from evals.core.tail import Reused, Tail
+from evals.core.tail import Tail
 from pipeline.data.contexts import token_contexts
 from pipeline.data.corpora import documents
+from pipeline.data.reused import Reused
 from pipeline.models.cache import get_model
 from pipeline.progress import Reporter
 from pipeline.recipes.as_trained import load_as_trained
