@@ -93,6 +93,12 @@ def switch_grid(d_in: int) -> list[tuple[str, dict[str, Any]]]:
     return grid
 
 
+FULL = {"lista": {"steps": 1, "eta": 0.3}, "k_anneal": {"k_start": 100, "fraction": 0.5}, "term": {"t": 2.0e-3},
+        "orthogonality": {"coefficient": 0.01}}
+"""configs/synth_small.yaml's `full_recipe` on top of Matryoshka."""
+RECIPE = {"ours+inner0.1-k_anneal": {"matryoshka": {"inner_weight": 0.1}, "recipe": {"k_anneal": None}}}
+LISTA = {"ours+lista": {"recipe": {"lista": FULL["lista"]}}}
+"""RESULTS §6c's best recipe (FULL with inner weight 0.1, without K annealing), and BatchTopK + LISTA alone."""
 GRIDS: dict[str, dict[str, Any]] = {
     "switch": {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256], "steps": {1000: [0, 1, 2]},
                "pool": 1_024_000, "lr": 1e-3},
@@ -138,12 +144,33 @@ GRIDS: dict[str, dict[str, Any]] = {
                    "steps": {2000: [0, 1, 2], 8000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3,
                    "extra": {"ours+inner0.1": {"matryoshka": {"inner_weight": 0.1}}},
                    "order": [(("ours",), None), (("ours+inner0.1",), None)],
-                   "runs": {(2000, "ours"), (2000, "ours+inner0.1"), (8000, "ours+inner0.1")}, "base_grid": "budget_small"},
+                   "runs": {(2000, "ours"), (2000, "ours+inner0.1"), (8000, "ours+inner0.1"), (8000, "ours")},
+                   "base_grid": "budget_small"},
     "full_tiny": {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256], "archs": ("full",),
                   "steps": {4000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3,
                   "extra": {"ours+inner0.1": {"matryoshka": {"inner_weight": 0.1}}},
                   "order": [(("ours", "ours+inner0.1"), None)], "runs": {(4000, "ours"), (4000, "ours+inner0.1")},
                   "base_grid": "weight_tiny"},
+    "recipe_small": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024], "archs": ("full",),
+                     "steps": {8000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [1000, 2000, 4000],
+                     "extra": RECIPE,
+                     "order": [(("ours+inner0.1-k_anneal",), None)], "runs": {(8000, "ours+inner0.1-k_anneal")},
+                     "base_grid": "budget_small",
+                     "against": [("lista_small", "batchtopk", "ours+lista"), ("full_small", "full", "ours+inner0.1")]},
+    "lista_small": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024], "archs": ("batchtopk",),
+                    "steps": {8000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [1000, 2000, 4000],
+                    "extra": LISTA,
+                    "order": [(("ours+lista",), None)], "runs": {(8000, "ours+lista")}, "base_grid": "budget_small"},
+    "long_small": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024],
+                   "steps": {32000: [0]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [16000], "runs": {(32000, "ours")},
+                   "base_grid": "budget_small"},
+    "long_recipe": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024], "archs": ("full",),
+                    "steps": {32000: [0]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [16000], "extra": RECIPE,
+                    "order": [(tuple(RECIPE), None)], "runs": {(32000, *RECIPE)}, "base_grid": "long_small",
+                    "against": [("long_lista", "batchtopk", *LISTA)]},
+    "long_lista": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024], "archs": ("batchtopk",),
+                   "steps": {32000: [0]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [16000], "extra": LISTA,
+                   "order": [(tuple(LISTA), None)], "runs": {(32000, *LISTA)}, "base_grid": "long_small"},
 }
 """`k_small`: k at synth_small's true L0 (10.65) instead of 2.4x it. `bands_small`: budget_small's 2,000-step
 runs again (deterministic: the same numbers) with the never-firing latents counted per Matryoshka band.
@@ -152,9 +179,14 @@ sum; `weight_budget`: inner weight 0.1 on budget_small's curve; `weight_tiny`: t
 shape, where plain Matryoshka overtook BatchTopK at 4,000 steps (§4).
 `full_small`: the full recipe (`FULL`) on budget_small's pool, seeds and eval, separate runs per budget
 (its k anneals over the run, so a snapshot is not the shorter run), plain and with inner weight 0.1;
-`full_tiny`: the same two on the tiny shape. `archs`: default batchtopk and
+`full_tiny`: the same two on the tiny shape. `recipe_small`: the best recipe of RESULTS §6c (the full recipe with
+inner weight 0.1 and without K annealing, so k is constant and snapshots are the shorter runs) on synth_small's
+shape, where it was not picked; `lista_small`: BatchTopK + LISTA alone there; `long_small`: budget_small's
+BatchTopK and Matryoshka at 4x its longest budget (32 passes over the pool), one seed; `long_recipe`,
+`long_lista`: recipe_small's and lista_small's settings there. `archs`: default batchtopk and
 matryoshka. `extra`: settings beyond the switch grid, each ours with overrides: `matryoshka` (merged into the
-Matryoshka spec, for that arch only) or `lr`."""
+Matryoshka spec, for that arch only), `lr`, or `recipe` (recipe fields set last; None removes one).
+`against`: other grids' (arch, setting) runs that `summary` also pairs this grid's runs with, by steps and seed."""
 """k / true L0: 10 / 4.1 on tiny, 25 / 10.65 on synth_small (both about 2.4). Steps -> seeds. `eval_at`: a run
 is also scored at these steps, as its own row (lr and k are constant, so its state there is the shorter run's)."""
 PRIORITY = [(("ours", "sae_lens"), None), (("ours+decoder", "sae_lens-decoder"), None),
@@ -163,9 +195,6 @@ PRIORITY = [(("ours", "sae_lens"), None), (("ours+decoder", "sae_lens-decoder"),
             (("ours+rescale", "sae_lens-init_norm", "ours+aux", "sae_lens-aux", "ours+dead_window"), [1, 2])]
 """The switch grid's order on a shared 2-core machine: settings groups, each on every seed (None) or on
 the seeds listed, so a cut-off run leaves the most important comparisons complete."""
-FULL = {"lista": {"steps": 1, "eta": 0.3}, "k_anneal": {"k_start": 100, "fraction": 0.5}, "term": {"t": 2.0e-3},
-        "orthogonality": {"coefficient": 0.01}}
-"""configs/synth_small.yaml's `full_recipe` on top of Matryoshka."""
 BUDGET_ORDER = [(("ours", "sae_lens"), None)]
 BUDGET_RUNS = {(4000, "ours"), (4000, "sae_lens"), (16000, "ours")}
 """The budget grid: ours and sae-lens-style at 4,000 steps, ours alone at 16,000 (1,000: the switch grid)."""
@@ -284,6 +313,7 @@ def run_grid(grid_name: str) -> None:
             recipe["matryoshka"] = {"levels": g["levels"], **s.get("matryoshka", {})}  # a grid's Matryoshka switches
         if arch == "full":
             recipe |= FULL
+        recipe = {key: v for key, v in (recipe | s.get("recipe", {})).items() if v is not None}
         lr = s.get("lr", g["lr"])
         row = {"setting": name, "arch": arch, "seed": seed, "shape": g["shape"], "lr": lr,
                "d_sae": g["d_sae"], "k": g["k"], "recipe": recipe, "dead_after": s["dead_after"]}
@@ -347,10 +377,17 @@ def mean_ci(v: list[float]) -> tuple[float, float]:
     return m, T95[len(v) - 1] * sd / math.sqrt(len(v))
 
 
+def ci_cell(values: list[float], digits: int = 3, sign: str = "") -> str:
+    """Mean ± 95% t half-width; the mean alone for one value, which has no interval."""
+    m, h = mean_ci(values)
+    return f"{m:{sign}.{digits}f}" + (f" ± {h:.{digits}f}" if len(values) > 1 else "")
+
+
 def summary(grid_name: str) -> None:
     """Per (steps, arch, setting): metric means ± 95% t over seeds, and F1 paired against the setting's base."""
     base_grid = GRIDS[grid_name].get("base_grid")  # the runs this grid's settings are compared with
-    rows = [json.loads(line) for name in filter(None, (grid_name, base_grid)) for line in (RESULTS / f"{name}.jsonl").open()]
+    mine = [json.loads(line) for line in (RESULTS / f"{grid_name}.jsonl").open()]
+    rows = mine + ([json.loads(line) for line in (RESULTS / f"{base_grid}.jsonl").open()] if base_grid else [])
     by: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}
     for r in rows:
         by.setdefault((r["steps"], r["arch"], r["setting"]), {})[r["seed"]] = r
@@ -359,9 +396,9 @@ def summary(grid_name: str) -> None:
     for (steps, arch, setting), seeds in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], not kv[0][2] in ("ours", "sae_lens"), kv[0][2])):
         base = by.get((steps, arch, "sae_lens" if setting.startswith("sae_lens") else "ours"), {})
         common = sorted(set(seeds) & set(base))
-        cell = lambda key, var: "%.3f ± %.3f" % mean_ci([seeds[s][var][key] for s in sorted(seeds)])  # noqa: E731
-        delta = "—" if setting in ("ours", "sae_lens") or not common else "%+.3f ± %.3f" % mean_ci([seeds[s]["cal"]["f1"] - base[s]["cal"]["f1"] for s in common])
-        l0 = "%.1f ± %.1f" % mean_ci([seeds[s]["fit"]["l0"] for s in sorted(seeds)])
+        cell = lambda key, var: ci_cell([seeds[s][var][key] for s in sorted(seeds)])  # noqa: E731
+        delta = "—" if setting in ("ours", "sae_lens") or not common else ci_cell([seeds[s]["cal"]["f1"] - base[s]["cal"]["f1"] for s in common], sign="+")
+        l0 = ci_cell([seeds[s]["fit"]["l0"] for s in sorted(seeds)], digits=1)
         dead = "%.0f" % mean_ci([seeds[s]["cal"]["dead_latents"] for s in sorted(seeds)])[0]
         print(f"| {steps} | {arch} | {setting} | {len(seeds)} | {cell('f1', 'cal')} | {delta} | {cell('mcc', 'cal')} "
               f"| {cell('explained_variance', 'cal')} | {cell('f1', 'fit')} | {l0} | {dead} |")
@@ -371,9 +408,23 @@ def summary(grid_name: str) -> None:
         btk = by.get((steps, "batchtopk", setting), by.get((steps, "batchtopk", "ours"), {})) if arch != "batchtopk" else {}
         common = sorted(set(other) & set(btk))
         if common:
-            f1 = mean_ci([other[s]["cal"]["f1"] - btk[s]["cal"]["f1"] for s in common])
-            mcc = mean_ci([other[s]["cal"]["mcc"] - btk[s]["cal"]["mcc"] for s in common])
-            print(f"| {steps} | {arch} | {setting} | {len(common)} | {f1[0]:+.3f} ± {f1[1]:.3f} | {mcc[0]:+.3f} ± {mcc[1]:.3f} |")
+            f1 = ci_cell([other[s]["cal"]["f1"] - btk[s]["cal"]["f1"] for s in common], sign="+")
+            mcc = ci_cell([other[s]["cal"]["mcc"] - btk[s]["cal"]["mcc"] for s in common], sign="+")
+            print(f"| {steps} | {arch} | {setting} | {len(common)} | {f1} | {mcc} |")
+    for other_grid, other_arch, other_setting in GRIDS[grid_name].get("against", []):
+        if not (RESULTS / f"{other_grid}.jsonl").exists():
+            continue
+        print(f"\n| steps | arch | setting | seeds | − {other_grid}'s {other_arch} {other_setting}, F1 (cal), paired | same, MCC |")
+        print("|---|---|---|---|---|---|")
+        theirs = [json.loads(line) for line in (RESULTS / f"{other_grid}.jsonl").open()]
+        for r0 in sorted({(r["steps"], r["arch"], r["setting"]) for r in mine}):
+            ours = by[r0]
+            them = {r["seed"]: r for r in theirs if (r["steps"], r["arch"], r["setting"]) == (r0[0], other_arch, other_setting)}
+            common = sorted(set(ours) & set(them))
+            if common:
+                f1 = ci_cell([ours[s]["cal"]["f1"] - them[s]["cal"]["f1"] for s in common], sign="+")
+                mcc = ci_cell([ours[s]["cal"]["mcc"] - them[s]["cal"]["mcc"] for s in common], sign="+")
+                print(f"| {r0[0]} | {r0[1]} | {r0[2]} | {len(common)} | {f1} | {mcc} |")
     banded = [(key, seeds) for key, seeds in sorted(by.items()) if all("bands" in r for r in seeds.values())]
     if banded:
         print("\n| steps | arch | setting | seeds | band: latents never firing (of the band), share of all firings, mean activation |")
@@ -559,11 +610,6 @@ def parity_budget(command: str) -> None:
         for arch, trainer in PARITY_BUDGET_RUNS:
             if (arch, trainer, seed) not in done:
                 parity_one(arch, trainer, seed, 1.0 if arch == "jumprelu" else None, model, x, calib, spec, out_path, g)
-
-
-def ci_cell(values: list[float], digits: int = 3) -> str:
-    m, h = mean_ci(values)
-    return f"{m:.{digits}f} ± {h:.{digits}f}"
 
 
 def parity_summary(path: Path) -> None:
