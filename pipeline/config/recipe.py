@@ -85,14 +85,20 @@ class MatryoshkaSpec(_Spec):
 
 
 class ListaSpec(_Spec):
-    """LISTA-style encoder refinement (Gregor & LeCun 2010, "Learning Fast Approximations of Sparse Coding")."""
+    """LISTA-style encoder refinement (Gregor & LeCun 2010, "Learning Fast Approximations of Sparse Coding").
+
+    On BatchTopK it is the best-supported single addition: ahead on F1 on three of five synthetic
+    shapes and on MCC on four, behind on none (docs/RESULTS.md §4d, §6c)."""
 
     steps: int = Field(1, ge=1)
     eta: float = Field(0.3, gt=0.0)
 
 
 class KAnnealSpec(_Spec):
-    """Linear K schedule from `k_start` down (or up) to the run's k over `fraction` of training."""
+    """Linear K schedule from `k_start` down (or up) to the run's k over `fraction` of training.
+
+    Annealing down leaves latents dead that AuxK does not revive: it cost the full recipe F1 on
+    steep_zipf and on synth_small's shape (docs/RESULTS.md §6c, §4d)."""
 
     k_start: int = Field(..., ge=1)
     fraction: float = Field(0.5, gt=0.0, le=1.0)
