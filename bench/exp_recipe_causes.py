@@ -161,6 +161,13 @@ GRIDS: dict[str, dict[str, Any]] = {
                     "steps": {8000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [1000, 2000, 4000],
                     "extra": LISTA,
                     "order": [(("ours+lista",), None)], "runs": {(8000, "ours+lista")}, "base_grid": "budget_small"},
+    "recipe_tiny": {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256], "archs": ("full",),
+                    "steps": {4000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [1000, 2000], "extra": RECIPE,
+                    "order": [(tuple(RECIPE), None)], "runs": {(4000, *RECIPE)}, "base_grid": "weight_tiny",
+                    "against": [("lista_tiny", "batchtopk", *LISTA), ("full_tiny", "full", "ours+inner0.1")]},
+    "lista_tiny": {"shape": "tiny", "d_sae": 256, "k": 10, "levels": [32, 128, 256], "archs": ("batchtopk",),
+                   "steps": {4000: [0, 1, 2]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [1000, 2000], "extra": LISTA,
+                   "order": [(tuple(LISTA), None)], "runs": {(4000, *LISTA)}, "base_grid": "weight_tiny"},
     "long_small": {"shape": "synth_small", "d_sae": 1024, "k": 25, "levels": [128, 512, 1024],
                    "steps": {32000: [0]}, "pool": 1_024_000, "lr": 1e-3, "eval_at": [16000], "runs": {(32000, "ours")},
                    "base_grid": "budget_small"},
@@ -183,7 +190,8 @@ shape, where plain Matryoshka overtook BatchTopK at 4,000 steps (§4).
 inner weight 0.1 and without K annealing, so k is constant and snapshots are the shorter runs) on synth_small's
 shape, where it was not picked; `lista_small`: BatchTopK + LISTA alone there; `long_small`: budget_small's
 BatchTopK and Matryoshka at 4x its longest budget (32 passes over the pool), one seed; `long_recipe`,
-`long_lista`: recipe_small's and lista_small's settings there. `archs`: default batchtopk and
+`long_lista`: recipe_small's and lista_small's settings there. `recipe_tiny`, `lista_tiny`: the same two on
+the tiny shape, against weight_tiny's BatchTopK and full_tiny's full recipe at inner weight 0.1. `archs`: default batchtopk and
 matryoshka. `extra`: settings beyond the switch grid, each ours with overrides: `matryoshka` (merged into the
 Matryoshka spec, for that arch only), `lr`, or `recipe` (recipe fields set last; None removes one).
 `against`: other grids' (arch, setting) runs that `summary` also pairs this grid's runs with, by steps and seed."""

@@ -87,8 +87,8 @@ class MatryoshkaSpec(_Spec):
 class ListaSpec(_Spec):
     """LISTA-style encoder refinement (Gregor & LeCun 2010, "Learning Fast Approximations of Sparse Coding").
 
-    On BatchTopK it is the best-supported single addition: ahead on F1 on three of five synthetic
-    shapes and on MCC on four, behind on none (docs/RESULTS.md §4d, §6c)."""
+    On BatchTopK it is the best-supported single addition: ahead on F1 on four of six synthetic
+    shapes and on MCC on five, behind on none (docs/RESULTS.md §4d, §4e, §6c)."""
 
     steps: int = Field(1, ge=1)
     eta: float = Field(0.3, gt=0.0)
